@@ -1,0 +1,3 @@
+"""mail2sms: an Email-to-SMS bridge daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,231 @@
+"""Command line: ``serve``, ``check-config``, ``queue …``; the only place that prints or exits.
+
+Exit codes follow sysexits.h where one fits: 78 (EX_CONFIG) for configuration problems,
+75 (EX_TEMPFAIL) when the queue cannot be opened, 1 for an unknown queue id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mail2sms import __version__
+from mail2sms.config import Settings, load_config
+from mail2sms.errors import ConfigError, NotFoundError, QueueError
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 64
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+DEFAULT_CONFIG = Path("/etc/mail2sms/config.toml")
+
+
+def _default_config() -> Path:
+    return Path(os.environ.get("MAIL2SMS_CONFIG") or DEFAULT_CONFIG)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (a function so tests and docs can inspect it)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,  # so "-c" works before or after the command
+        help="config file (default: $MAIL2SMS_CONFIG, then /etc/mail2sms/config.toml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="mail2sms", description="Email-to-SMS bridge daemon.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"mail2sms {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    sub.add_parser("check-config", parents=[common], help="validate the config; exit 78 if bad")
+    queue = sub.add_parser("queue", parents=[common], help="inspect and manage queued messages")
+    qsub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    qlist = qsub.add_parser("list", parents=[common], help="list pending messages")
+    qlist.add_argument("--all", action="store_true", help="include finished messages")
+    qlist.add_argument("--json", action="store_true", help="one JSON object per message")
+    for name, text in (
+        ("show", "show one message and its recipients"),
+        ("retry", "make a message's pending recipients due now"),
+        ("delete", "delete a message: no SMS, no bounce"),
+    ):
+        action = qsub.add_parser(name, parents=[common], help=text)
+        action.add_argument("queue_id", metavar="ID")
+        if name == "show":
+            action.add_argument("--json", action="store_true", help="as JSON")
+    return parser
+
+
+def _load(path: Path) -> Settings:
+    return load_config(path)
+
+
+def _print_problems(path: Path, error: ConfigError) -> None:
+    print(f"mail2sms: {path}: configuration is not valid:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
+def cmd_check_config(path: Path) -> int:
+    """Validate and summarise; never print a secret."""
+    try:
+        settings = _load(path)
+    except ConfigError as error:
+        _print_problems(path, error)
+        return EX_CONFIG
+    print(f"{path}: OK")
+    print(f"  listen:   {settings.smtp.listen} as {settings.smtp.hostname}")
+    gateways = [*settings.gateway.addresses, *(f"<number>@{d}" for d in settings.gateway.domains)]
+    print(f"  gateways: {', '.join(gateways)}")
+    print(
+        f"  provider: {settings.provider.kind}"
+        + (f" at {settings.provider.base_url}" if settings.provider.base_url else "")
+    )
+    print(f"  queue:    {settings.queue.path}")
+    for note in settings.warnings():
+        print(f"  warning:  {note}")
+    return EX_OK
+
+
+def cmd_serve(path: Path) -> int:
+    """Run in the foreground until SIGTERM or SIGINT."""
+    from mail2sms import log  # noqa: PLC0415  only serve needs logging and the event loop
+    from mail2sms.app import serve  # noqa: PLC0415
+
+    try:
+        settings = _load(path)
+    except ConfigError as error:
+        _print_problems(path, error)
+        return EX_CONFIG
+    log.configure()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(settings, stop)
+
+    try:
+        asyncio.run(main())
+    except QueueError as error:
+        print(f"mail2sms: {error}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except OSError as error:
+        print(
+            f"mail2sms: cannot listen on {settings.smtp.listen}: {error.strerror}", file=sys.stderr
+        )
+        return EX_FAILURE
+    return EX_OK
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _age(epoch: float, now: float) -> str:
+    seconds = max(0, int(now - epoch))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def cmd_queue(path: Path, args: argparse.Namespace) -> int:
+    """``mailq``/``postsuper``-like access; safe while the daemon runs (SQLite WAL)."""
+    from mail2sms.queue import Queue  # noqa: PLC0415  only queue commands open the queue
+
+    try:
+        settings = _load(path)
+    except ConfigError as error:
+        _print_problems(path, error)
+        return EX_CONFIG
+    try:
+        queue = Queue(settings.queue.path)
+    except QueueError as error:
+        print(f"mail2sms: {error}", file=sys.stderr)
+        return EX_TEMPFAIL
+    now = time.time()
+    try:
+        if args.queue_command == "list":
+            entries = queue.entries(include_finished=args.all)
+            if args.json:
+                for entry in entries:
+                    print(json.dumps(asdict(entry) | {"state": entry.state}, default=str))
+                return EX_OK
+            if not entries:
+                print("queue is empty")
+                return EX_OK
+            print(f"{'ID':<18} {'AGE':>5} {'STATE':<8} {'TRIES':>5}  SENDER -> RECIPIENTS")
+            for entry in entries:
+                tries = max((r.attempts for r in entry.recipients), default=0)
+                numbers = ", ".join(r.number for r in entry.recipients)
+                print(
+                    f"{entry.id:<18} {_age(entry.received_at, now):>5} {entry.state:<8} "
+                    f"{tries:>5}  {entry.envelope_from} -> {numbers}"
+                )
+                errors = {r.last_error for r in entry.recipients if r.last_error}
+                for error in sorted(errors):
+                    print(f"{'':>18} last error: {error}")
+            return EX_OK
+        if args.queue_command == "show":
+            entry = queue.get(args.queue_id)
+            if args.json:
+                print(json.dumps(asdict(entry) | {"state": entry.state}, default=str, indent=2))
+                return EX_OK
+            print(f"id:        {entry.id}")
+            print(f"state:     {entry.state}")
+            print(f"received:  {_when(entry.received_at)} ({_age(entry.received_at, now)} ago)")
+            print(f"sender:    {entry.envelope_from}")
+            print(f"from:      {entry.from_header}")
+            print(f"subject:   {entry.subject}")
+            print(f"sender id: {entry.sender_id}")
+            print(f"text:      {entry.text}")
+            for r in entry.recipients:
+                print(
+                    f"  {r.number:<16} {r.state:<9} tries={r.attempts} "
+                    f"next={_when(r.next_attempt_at)} ref={r.provider_ref or '-'}"
+                    + (f" error={r.last_error}" if r.last_error else "")
+                )
+            return EX_OK
+        if args.queue_command == "retry":
+            count = queue.retry_now(args.queue_id, now=now)
+            print(f"{args.queue_id}: {count} recipient(s) due now")
+            return EX_OK
+        if args.queue_command == "delete":
+            queue.delete(args.queue_id)
+            print(f"{args.queue_id}: deleted")
+            return EX_OK
+    except NotFoundError:
+        print(f"mail2sms: no queued message with id {args.queue_id!r}", file=sys.stderr)
+        return EX_FAILURE
+    finally:
+        queue.close()
+    return EX_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mail2sms`` console script."""
+    args = build_parser().parse_args(argv)
+    path = getattr(args, "config", None) or _default_config()
+    if args.command == "serve":
+        return cmd_serve(path)
+    if args.command == "check-config":
+        return cmd_check_config(path)
+    if args.command == "queue":
+        return cmd_queue(path, args)
+    return EX_USAGE

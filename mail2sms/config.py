@@ -1,0 +1,394 @@
+"""Configuration: one TOML file plus ``MAIL2SMS_<SECTION>__<KEY>`` environment overrides.
+
+Validated once, at start-up or by ``check-config``; every problem is reported with its key
+path so an administrator can fix them all in one go. Nothing here exits: ``load_config``
+raises ``ConfigError`` and the CLI decides what to print and which code to exit with.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple, Self
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from mail2sms.errors import ConfigError
+
+ENV_PREFIX = "MAIL2SMS_"
+CREDENTIAL_TOKEN = "provider_token"  # noqa: S105  the file's name under $CREDENTIALS_DIRECTORY
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> float:
+    """Read seconds from a number or a string such as ``"90s"``, ``"5m"``, ``"1h30m"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as '30s'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = _DURATION_PART.findall(text)
+            if not parts or _DURATION_PART.sub("", text).strip():
+                raise ValueError(
+                    f"{value!r} is not a duration: use seconds or e.g. '30s', '5m', '2h', '1d'"
+                )
+            seconds = sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in parts)
+    else:
+        raise ValueError("a duration is a number of seconds or a string such as '30s'")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class HostPort(NamedTuple):
+    """A listening or connecting address; ``str()`` gives the ``host:port`` form back."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_host_port(value: object) -> HostPort:
+    """Read ``host:port`` (``[v6]:port`` for IPv6); port 0 means any free port."""
+    if isinstance(value, HostPort):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected 'host:port', e.g. '127.0.0.1:2525'")
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not 'host:port', e.g. '127.0.0.1:2525' or '[::1]:2525'")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:  # noqa: PLR2004  the TCP port range
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    return HostPort(host, port)
+
+
+# NoDecode: the environment gives "host:port" as written, not JSON for a tuple.
+ListenAddress = Annotated[HostPort, NoDecode, BeforeValidator(parse_host_port)]
+
+
+def _optional_host_port(value: object) -> HostPort | None:
+    if value in (None, ""):
+        return None
+    return parse_host_port(value)
+
+
+RelayAddress = Annotated[HostPort | None, NoDecode, BeforeValidator(_optional_host_port)]
+
+
+def _normalise_email(value: str) -> str:
+    try:
+        checked = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"{value!r} is not an email address: {exc}") from None
+    return checked.normalized.lower()
+
+
+def _normalise_domain(value: str) -> str:
+    domain = value.strip().lower().rstrip(".")
+    try:
+        validate_email(f"postmaster@{domain}", check_deliverability=False)
+    except EmailNotValidError:
+        raise ValueError(f"{value!r} is not a domain name") from None
+    return domain
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SmtpConfig(Section):
+    """The SMTP listener."""
+
+    listen: ListenAddress = HostPort("127.0.0.1", 2525)
+    hostname: str = Field(default_factory=socket.getfqdn, min_length=1)
+    max_message_size: int = Field(default=10 * 1024 * 1024, ge=1024)
+
+
+class GatewayConfig(Section):
+    """Which addresses are gateways and how their mail becomes SMS."""
+
+    addresses: list[str] = Field(default_factory=list)
+    domains: list[str] = Field(default_factory=list)
+    default_region: str = "AU"
+    sender_id: str = "mail2sms"
+    max_parts: int = Field(default=6, ge=1, le=30)
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [_normalise_email(a) for a in value]
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [_normalise_domain(d) for d in value]
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a known region (an ISO 3166 code such as 'AU')")
+        return region
+
+    @field_validator("sender_id")
+    @classmethod
+    def _sender_id(cls, value: str) -> str:
+        sender = value.strip()
+        if re.fullmatch(r"\+?\d{3,15}", sender):
+            return sender
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 .&-]{0,10}", sender) and not sender.isdigit():
+            return sender
+        raise ValueError(
+            f"{value!r} is not a sender ID: use up to 11 letters/digits (e.g. 'MyBrand') "
+            "or a phone number"
+        )
+
+    @model_validator(mode="after")
+    def _something_to_accept(self) -> Self:
+        if not self.addresses and not self.domains:
+            raise ValueError(
+                "set gateway.addresses and/or gateway.domains, or no mail can be accepted"
+            )
+        return self
+
+
+class SendersConfig(Section):
+    """Who may send: an exact address, or ``@domain`` for everyone at a domain."""
+
+    allow: list[str] = Field(default_factory=list)
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, value: list[str]) -> list[str]:
+        return [
+            "@" + _normalise_domain(item.strip()[1:])
+            if item.strip().startswith("@")
+            else _normalise_email(item)
+            for item in value
+        ]
+
+
+ProviderKind = Literal["outbox", "dataflows"]
+HTTP_PROVIDERS: frozenset[str] = frozenset({"dataflows"})
+
+
+class ProviderConfig(Section):
+    """The SMS provider and its credentials (``token`` is a secret: never printed)."""
+
+    kind: ProviderKind = "outbox"
+    path: Path = Path("var/outbox.jsonl")
+    base_url: str | None = None
+    token: SecretStr | None = None
+    timeout: Duration = 30.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = value.strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return url
+
+    @model_validator(mode="after")
+    def _token_for_http(self) -> Self:
+        if self.kind in HTTP_PROVIDERS and (
+            self.token is None or not self.token.get_secret_value().strip()
+        ):
+            raise ValueError(
+                f"provider.token is required for kind '{self.kind}': set it, or "
+                f"MAIL2SMS_PROVIDER__TOKEN, or $CREDENTIALS_DIRECTORY/{CREDENTIAL_TOKEN}"
+            )
+        return self
+
+
+class QueueConfig(Section):
+    """Where the durable queue lives."""
+
+    path: Path = Path("var/queue.sqlite3")
+
+
+class DeliveryConfig(Section):
+    """How hard and how often the workers try."""
+
+    workers: int = Field(default=8, ge=1, le=256)
+    retry_initial: Duration = 30.0
+    retry_max: Duration = 900.0
+    give_up_after: Duration = 2 * 86400.0
+    shutdown_grace: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.retry_initial <= 0:
+            raise ValueError("delivery.retry_initial must be more than 0")
+        if self.retry_max < self.retry_initial:
+            raise ValueError("delivery.retry_max must be at least delivery.retry_initial")
+        return self
+
+
+class BounceConfig(Section):
+    """Where delivery status notifications go; an empty relay means failures are only logged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    relay: RelayAddress = None
+    from_: str = Field(default="", alias="from")
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str) -> str:
+        return _normalise_email(value) if value.strip() else ""
+
+
+class Settings(BaseSettings):
+    """The whole configuration; build it with ``load_config``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    gateway: GatewayConfig
+    senders: SendersConfig = Field(default_factory=SendersConfig)
+    provider: ProviderConfig = Field(default_factory=ProviderConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    bounce: BounceConfig = Field(default_factory=BounceConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],  # noqa: ARG003  the signature pydantic-settings calls
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then the file's values (passed in as init data)."""
+        return (env_settings, init_settings)
+
+    def warnings(self) -> list[str]:
+        """Valid but probably unintended settings, for ``check-config`` and the start-up log."""
+        notes = []
+        if not self.senders.allow:
+            notes.append("senders.allow is empty: every sender will be refused (550 5.7.1)")
+        if self.bounce.relay is None:
+            notes.append("bounce.relay is empty: failed messages are logged, no bounce is sent")
+        return notes
+
+
+def _credential_token() -> str | None:
+    """systemd's LoadCredential= puts the token in a file only the service can read."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / CREDENTIAL_TOKEN
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError([f"provider.token: cannot read {path}: {exc.strerror}"]) from None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if p != "from_") or "(top level)"
+    if error["loc"] and error["loc"][-1] == "from_":
+        loc = f"{loc}.from" if loc != "(top level)" else "from"
+    kind = error["type"]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if kind == "missing":
+        return f"{loc}: required key is missing"
+    secret = "token" in loc or "password" in loc
+    if kind != "value_error" and not secret and "input" in error:
+        shown = error["input"]
+        if isinstance(shown, str | int | float | bool):
+            message = f"{message} (got {shown!r})"
+    return f"{loc}: {message}"
+
+
+def load_config(path: Path) -> Settings:
+    """Read, merge and validate the configuration; raise ConfigError listing every problem.
+
+    Environment overrides (``MAIL2SMS_<SECTION>__<KEY>``) are read from ``os.environ``.
+    """
+    try:
+        with path.open("rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a config file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    for section, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError([f"{section}: expected a [{section}] table"])
+    provider = data.setdefault("provider", {})
+    env_token = any(k.upper() == f"{ENV_PREFIX}PROVIDER__TOKEN" for k in os.environ)
+    if "token" not in provider and not env_token:
+        token = _credential_token()
+        if token is not None:
+            provider["token"] = token
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(e) for e in exc.errors()]) from None
+    except SettingsError as exc:
+        # e.g. MAIL2SMS_SENDERS__ALLOW='a@b' where a JSON list is expected
+        field = re.search(r'field "([^"]+)"', str(exc))
+        where = field.group(1) if field else "?"
+        raise ConfigError(
+            [
+                f"{where}: a {ENV_PREFIX}{where.upper()}__* environment variable is not valid: "
+                "lists and tables are written as JSON, e.g. '[\"a@example.com\"]'"
+            ]
+        ) from None

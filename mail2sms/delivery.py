@@ -1,0 +1,248 @@
+"""Delivery workers: claim due work from the queue, send it, record what the provider said.
+
+One dispatcher claims at most as many messages as there are free workers, so no more than
+``delivery.workers`` provider requests run at once. Every outcome is written back to the
+queue before the next claim; a worker that dies leaves its rows leased, and the lease (or
+the next start's recovery) hands them out again: at-least-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from mail2sms.config import DeliveryConfig
+from mail2sms.errors import (
+    PermanentProviderError,
+    ProviderAccountError,
+    TransientProviderError,
+)
+from mail2sms.log import get_logger
+from mail2sms.models import ClaimedJob, Outcome, RecipientResult, SmsBatch
+from mail2sms.providers.base import Provider
+from mail2sms.queue import AsyncQueue
+
+log = get_logger(__name__)
+
+IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due (sees CLI retries)
+MIN_LEASE = 300.0
+
+
+def backoff(
+    attempts: int,
+    *,
+    initial: float,
+    maximum: float,
+    retry_after: float | None = None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds until the next try: doubling from ``initial``, capped, with jitter.
+
+    The jitter keeps half the delay fixed and randomises the other half, so a burst of
+    failures does not come back as a burst. A provider's Retry-After is a floor.
+    """
+    base = min(maximum, initial * 2 ** max(0, attempts - 1))
+    delay = base / 2 + rng() * base / 2
+    return max(delay, retry_after or 0.0)
+
+
+def chunks(numbers: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    """Split recipients into provider-sized requests."""
+    return [tuple(numbers[i : i + size]) for i in range(0, len(numbers), size)]
+
+
+class Delivery:
+    """The dispatcher and its workers."""
+
+    def __init__(
+        self,
+        *,
+        queue: AsyncQueue,
+        provider: Provider,
+        config: DeliveryConfig,
+        request_timeout: float,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.queue = queue
+        self.provider = provider
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.lease = max(MIN_LEASE, request_timeout * 4)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._active: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """New work was queued (or a worker finished): look at the queue now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and dispatch until ``stop`` is called."""
+        log.info("delivery_started", provider=self.provider.name, workers=self.config.workers)
+        while not self._stopping:
+            self._wake.clear()
+            free = self.config.workers - len(self._active)
+            claimed: list[ClaimedJob] = []
+            if free > 0:
+                claimed = await self.queue.claim(now=self.clock(), lease=self.lease, limit=free)
+                for job in claimed:
+                    task = asyncio.create_task(self._deliver(job), name=f"deliver-{job.queue_id}")
+                    self._active.add(task)
+                    task.add_done_callback(self._finished)
+            if claimed and len(claimed) == free:
+                continue  # there may be more due work; claim again once a worker frees up
+            await self._sleep(free - len(claimed))
+
+    async def _sleep(self, free: int) -> None:
+        timeout = IDLE_POLL
+        if free > 0:
+            due = await self.queue.next_due()
+            if due is not None:
+                timeout = min(IDLE_POLL, max(0.0, due - self.clock()))
+        if self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._active.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery_task_crashed", exc_info=task.exception())
+        self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let sends in flight finish within ``grace`` seconds, then cancel.
+
+        A cancelled send leaves its rows leased; the next start recovers and resends them.
+        """
+        self._stopping = True
+        self._wake.set()
+        if self._active:
+            _done, pending = await asyncio.wait(set(self._active), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                log.warning("delivery_cancelled_at_shutdown", messages=len(pending))
+
+    async def _deliver(self, job: ClaimedJob) -> None:
+        for numbers in chunks(job.recipients, self.provider.max_recipients):
+            await self._send_batch(job, numbers)
+
+    async def _send_batch(self, job: ClaimedJob, numbers: tuple[str, ...]) -> None:
+        maybe_sent = [n for n in numbers if n in job.possible_duplicates]
+        if maybe_sent:
+            log.warning(
+                "possible_duplicate",
+                queue_id=job.queue_id,
+                recipients=maybe_sent,
+                detail="a send to these was in flight when the daemon stopped or a worker died; "
+                "the provider may already have sent it",
+            )
+        batch = SmsBatch(
+            queue_id=job.queue_id, recipients=numbers, text=job.text, sender_id=job.sender_id
+        )
+        started = self.clock()
+        try:
+            results = await self.provider.send(batch)
+        except ProviderAccountError as exc:
+            log.error(
+                "provider_account_error",
+                queue_id=job.queue_id,
+                provider=self.provider.name,
+                error=str(exc),
+                hint="check provider.token and the account's balance; mail stays queued",
+            )
+            await self._retry(job, numbers, str(exc), exc.retry_after)
+            return
+        except TransientProviderError as exc:
+            await self._retry(job, numbers, str(exc), exc.retry_after)
+            return
+        except PermanentProviderError as exc:
+            await self._fail(job, numbers, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001  a provider bug must not lose the message
+            log.exception("provider_crashed", queue_id=job.queue_id, provider=self.provider.name)
+            await self._retry(job, numbers, f"internal error: {type(exc).__name__}", None)
+            return
+        await self._record(job, numbers, results, self.clock() - started)
+
+    async def _record(
+        self,
+        job: ClaimedJob,
+        numbers: tuple[str, ...],
+        results: Sequence[RecipientResult],
+        duration: float,
+    ) -> None:
+        by_number = {r.recipient: r for r in results}
+        sent = [n for n in numbers if n in by_number and by_number[n].outcome is Outcome.SENT]
+        failed = [
+            n for n in numbers if n in by_number and by_number[n].outcome is Outcome.PERMANENT
+        ]
+        retry = [n for n in numbers if n not in sent and n not in failed]
+        if sent:
+            await self.queue.mark_sent(
+                job.queue_id,
+                sent,
+                now=self.clock(),
+                provider_refs={n: by_number[n].provider_ref for n in sent},
+            )
+            log.info(
+                "sms_sent",
+                queue_id=job.queue_id,
+                provider=self.provider.name,
+                recipients=sent,
+                attempt=job.attempts,
+                duration_ms=round(duration * 1000),
+            )
+        for number in failed:
+            await self._fail(job, (number,), by_number[number].detail or "refused by the provider")
+        if retry:
+            details = {by_number[n].detail for n in retry if n in by_number} - {""}
+            reason = "; ".join(sorted(details)) or "the provider gave no result for it"
+            await self._retry(job, retry, reason, None)
+
+    async def _retry(
+        self, job: ClaimedJob, numbers: Sequence[str], error: str, retry_after: float | None
+    ) -> None:
+        now = self.clock()
+        if now - job.received_at >= self.config.give_up_after:
+            await self._fail(
+                job, numbers, f"gave up after {job.attempts} attempts; last error: {error}"
+            )
+            return
+        delay = backoff(
+            job.attempts,
+            initial=self.config.retry_initial,
+            maximum=self.config.retry_max,
+            retry_after=retry_after,
+            rng=self.rng,
+        )
+        await self.queue.mark_retry(job.queue_id, numbers, now=now, at=now + delay, error=error)
+        log.warning(
+            "sms_deferred",
+            queue_id=job.queue_id,
+            provider=self.provider.name,
+            recipients=list(numbers),
+            attempt=job.attempts,
+            retry_in_s=round(delay, 1),
+            error=error,
+        )
+
+    async def _fail(self, job: ClaimedJob, numbers: Sequence[str], error: str) -> None:
+        await self.queue.mark_failed(job.queue_id, numbers, now=self.clock(), error=error)
+        log.warning(
+            "sms_failed",
+            queue_id=job.queue_id,
+            provider=self.provider.name,
+            recipients=list(numbers),
+            attempt=job.attempts,
+            sender=job.envelope_from,
+            error=error,
+        )

@@ -1,0 +1,131 @@
+"""The one exception tree of mail2sms.
+
+Callers decide by type, never by a returned bool: an SMTP-time refusal carries the exact
+reply to send, a provider error says whether to retry or bounce.
+
+    Mail2SmsError
+    ├── ConfigError                  config file missing, unreadable or invalid (exit 78)
+    ├── MailRefusedError             refuse at SMTP time; carries code, enhanced status, text
+    │   ├── RecipientRefusedError    550 5.1.1 not a gateway address, number or alias
+    │   ├── SenderRefusedError       550 5.7.1 sender not allowed
+    │   ├── BadNumberError           550 5.1.3 no usable phone number
+    │   ├── EmptyTextError           550 5.6.0 nothing to send
+    │   ├── TooLongError             552 5.3.4 text or message too long
+    │   └── UnparseableMailError     554 5.6.0 the MIME structure could not be read
+    ├── QueueError                   the durable queue failed
+    │   ├── QueueUnavailableError    cannot commit now (disk, lock): 451 at SMTP time
+    │   └── NotFoundError            no queue entry with that id
+    └── ProviderError                an SMS provider call failed as a whole
+        ├── TransientProviderError   try again later (timeouts, 429, 5xx, "try later")
+        │   └── ProviderAccountError the operator's token, balance or plan: keep mail queued
+        └── PermanentProviderError   the provider refused for good: bounce
+"""
+
+from __future__ import annotations
+
+
+class Mail2SmsError(Exception):
+    """Root of every error mail2sms raises on purpose."""
+
+
+class ConfigError(Mail2SmsError):
+    """The configuration cannot be used; ``problems`` lists each as ``key.path: what``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class MailRefusedError(Mail2SmsError):
+    """A message or recipient is refused during the SMTP session.
+
+    ``reply`` is the full SMTP reply line, e.g. ``550 5.1.3 No phone number ...``. The text
+    is written for the person who sent the mail, so it must say what to change.
+    """
+
+    code = 550
+    status = "5.0.0"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        super().__init__(text)
+
+    @property
+    def reply(self) -> str:
+        """The SMTP reply line for this refusal."""
+        return f"{self.code} {self.status} {self.text}"
+
+
+class RecipientRefusedError(MailRefusedError):
+    """The recipient is not a gateway address, a number at a gateway domain or an alias."""
+
+    status = "5.1.1"
+
+
+class SenderRefusedError(MailRefusedError):
+    """The envelope sender or the From header is not allowed to send."""
+
+    status = "5.7.1"
+
+
+class BadNumberError(MailRefusedError):
+    """No usable phone number, or a token that is not one."""
+
+    status = "5.1.3"
+
+
+class EmptyTextError(MailRefusedError):
+    """The mail carries no text to send."""
+
+    status = "5.6.0"
+
+
+class TooLongError(MailRefusedError):
+    """The text needs more SMS parts than allowed, or the message is over the size limit."""
+
+    code = 552
+    status = "5.3.4"
+
+
+class UnparseableMailError(MailRefusedError):
+    """The message could not be read as MIME at all."""
+
+    code = 554
+    status = "5.6.0"
+
+
+class QueueError(Mail2SmsError):
+    """The durable queue failed."""
+
+
+class QueueUnavailableError(QueueError):
+    """The queue cannot commit right now (disk full, locked); the client should retry."""
+
+
+class NotFoundError(QueueError):
+    """No queue entry has the given id."""
+
+
+class ProviderError(Mail2SmsError):
+    """A call to an SMS provider failed as a whole (not per recipient)."""
+
+
+class TransientProviderError(ProviderError):
+    """Worth retrying later; ``retry_after`` is the provider's hint in seconds, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ProviderAccountError(TransientProviderError):
+    """The provider refused because of the operator's account: bad token, no balance, no plan.
+
+    The sender did nothing wrong, so the message stays queued (it is retried like any
+    transient failure) and every attempt logs an operator error; a wrong token must not
+    bounce every customer's mail.
+    """
+
+
+class PermanentProviderError(ProviderError):
+    """The provider refused for good; the message bounces."""

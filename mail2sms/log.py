@@ -1,0 +1,104 @@
+"""Logging: structlog events, human-readable on a terminal, JSON lines for journald otherwise.
+
+Two things never reach a log line unmasked: secrets (any key that names a token, password
+or authorization is replaced) and phone numbers (masked as ``+614****5678`` unless the
+administrator asks to see them), because logs are shipped and kept far longer than SMS.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from mail2sms.addressing import mask_number
+
+SECRET_KEYS = re.compile(r"token|password|secret|authorization|api_key|application_key", re.I)
+NUMBER_KEYS = frozenset({"to", "number", "numbers", "recipient", "recipients"})
+_E164 = re.compile(r"\+\d{6,15}")
+
+
+def _mask_value(value: Any) -> Any:  # noqa: ANN401  log values are of any type
+    if isinstance(value, str):
+        return _E164.sub(lambda m: mask_number(m.group(0)), value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_mask_value(v) for v in value]
+    return value
+
+
+class _Redactor:
+    """A structlog processor that hides secrets always and phone numbers unless allowed."""
+
+    def __init__(self, *, show_numbers: bool) -> None:
+        self.show_numbers = show_numbers
+
+    def __call__(
+        self,
+        _logger: Any,
+        _name: str,
+        event: MutableMapping[str, Any],  # noqa: ANN401
+    ) -> MutableMapping[str, Any]:
+        for key in list(event):
+            if SECRET_KEYS.search(key):
+                event[key] = "[redacted]"
+            elif not self.show_numbers and (key in NUMBER_KEYS or key == "event"):
+                event[key] = _mask_value(event[key])
+            elif not self.show_numbers and key in {"error", "detail", "exception"}:
+                event[key] = _mask_value(event[key])
+        return event
+
+
+def configure(
+    *,
+    json_lines: bool | None = None,
+    level: str = "INFO",
+    show_numbers: bool = False,
+    stream: TextIO | None = None,
+) -> None:
+    """Set up structlog and route the stdlib loggers (aiosmtpd, httpx) through it."""
+    out = stream or sys.stdout
+    use_json = not out.isatty() if json_lines is None else json_lines
+    redactor = _Redactor(show_numbers=show_numbers)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redactor,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    tail: Iterable[Any] = [structlog.processors.dict_tracebacks] if use_json else []
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiosmtpd logs every envelope address (phone numbers) at INFO; httpx logs every URL.
+    for noisy in ("mail.log", "httpx", "httpcore", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:  # noqa: ANN401  structlog's bound logger is dynamically typed
+    """A structlog logger named after the module that logs."""
+    return structlog.stdlib.get_logger(name)

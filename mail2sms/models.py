@@ -1,0 +1,122 @@
+"""Frozen records passed between the stages of one message's path.
+
+SMTP → ``MailContent`` + ``RcptTarget`` → ``NewMessage`` (queued) → ``ClaimedJob`` (a worker
+holds a lease) → ``SmsBatch`` (one provider request) → ``RecipientResult`` per number.
+Phone numbers are always E.164 with a leading ``+`` inside mail2sms; providers reformat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTarget:
+    """What one accepted RCPT TO address means.
+
+    ``number`` is set for ``<number>@<gateway domain>``; ``None`` for a gateway address,
+    whose recipients are listed in the Subject.
+    """
+
+    address: str
+    number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailContent:
+    """What mail_parse reads out of a raw RFC 5322 message."""
+
+    subject: str
+    from_addresses: tuple[str, ...]
+    message_id: str | None
+    date: str | None
+    body: str
+
+
+class SmsEncoding(StrEnum):
+    """The two SMS alphabets that decide how many characters fit in a part."""
+
+    GSM7 = "GSM-7"
+    UCS2 = "UCS-2"
+
+
+@dataclass(frozen=True, slots=True)
+class SmsLength:
+    """The cost of a text: its alphabet, length in that alphabet's units, and parts."""
+
+    encoding: SmsEncoding
+    units: int
+    parts: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message accepted at SMTP time, ready to be committed to the queue."""
+
+    envelope_from: str
+    from_header: str
+    subject: str
+    message_id: str | None
+    recipients: tuple[str, ...]
+    text: str
+    sender_id: str
+    received_at: float
+    size: int
+    headers: str
+
+
+class RecipientState(StrEnum):
+    """Where one recipient of a queued message stands."""
+
+    PENDING = "pending"
+    INFLIGHT = "inflight"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """Recipients of one message that a worker has leased for one delivery attempt.
+
+    ``possible_duplicates`` are those that were in flight when a daemon died or a lease ran
+    out: the provider may already have sent them, so a resend is logged as such.
+    """
+
+    queue_id: str
+    recipients: tuple[str, ...]
+    text: str
+    sender_id: str
+    envelope_from: str
+    subject: str
+    received_at: float
+    attempts: int
+    possible_duplicates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SmsBatch:
+    """One provider request: the same text to one or more numbers."""
+
+    queue_id: str
+    recipients: tuple[str, ...]
+    text: str
+    sender_id: str
+
+
+class Outcome(StrEnum):
+    """How a provider answered for one recipient."""
+
+    SENT = "sent"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """The provider's answer for one number; ``detail`` keeps the provider's own words."""
+
+    recipient: str
+    outcome: Outcome
+    detail: str = ""
+    provider_ref: str | None = None

@@ -1,0 +1,662 @@
+"""The durable queue: SQLite in WAL mode, every write committed and fsynced before it returns.
+
+A message is only acknowledged to the SMTP client once ``enqueue`` has returned, so nothing
+accepted is lost. Delivery leases recipients (``claim``) instead of removing them: a worker
+that dies leaves its rows ``inflight`` until the lease expires, and ``recover`` at start-up
+hands every leftover lease out again. That makes delivery at-least-once; rows that may have
+been sent before are marked ``possible_duplicate`` so the duplicate can be logged.
+
+One recipient row moves through these states::
+
+    pending ──claim──► inflight ──mark_sent──► sent
+       ▲                  │  └────mark_failed──► failed
+       └──mark_retry──────┘
+       └──recover / lease expiry (possible_duplicate)
+
+Queue ids are 16 characters of Crockford base32 (``0-9 A-Z`` without ``I L O U``): 9 for
+the acceptance time in milliseconds since the epoch, 7 (35 bits) of randomness. They sort
+by time as plain strings, need no quoting in a shell and read well in a log line, like
+Postfix queue ids, e.g. ``1JXT21Q00BYAZEBT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import re
+import secrets
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, ParamSpec, Self, TypeVar
+
+from mail2sms.errors import NotFoundError, QueueUnavailableError
+from mail2sms.models import ClaimedJob, NewMessage, RecipientState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from types import TracebackType
+
+__all__ = [
+    "QUEUE_ID_PATTERN",
+    "AsyncQueue",
+    "EntryState",
+    "Queue",
+    "QueueEntry",
+    "RecipientStatus",
+    "new_queue_id",
+]
+
+SCHEMA_VERSION = 1
+DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a writer waits for another connection's lock
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
+_TIME_CHARS = 9  # 45 bits of milliseconds: sortable until the year 3084
+_RANDOM_CHARS = 7  # 35 bits: collisions within one millisecond are retried anyway
+QUEUE_ID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{16}")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id            TEXT PRIMARY KEY,
+    received_at   REAL NOT NULL,
+    envelope_from TEXT NOT NULL,
+    from_header   TEXT NOT NULL,
+    subject       TEXT NOT NULL,
+    message_id    TEXT,
+    text          TEXT NOT NULL,
+    sender_id     TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    headers       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    queue_id           TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    number             TEXT NOT NULL,
+    position           INTEGER NOT NULL,
+    state              TEXT NOT NULL
+                       CHECK (state IN ('pending', 'inflight', 'sent', 'failed')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at    REAL NOT NULL,
+    lease_until        REAL,
+    last_error         TEXT,
+    provider_ref       TEXT,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,
+    updated_at         REAL NOT NULL,
+    PRIMARY KEY (queue_id, number)
+);
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt_at);
+"""
+
+# Every statement is a literal (values always go in as parameters). A recipient is due when
+# it waits and its time has come, or when the worker that leased it did not answer before
+# the lease ran out (it died, or hangs).
+_DUE_MESSAGES = """
+SELECT id FROM messages WHERE id IN (
+    SELECT queue_id FROM recipients WHERE state = 'pending' AND next_attempt_at <= :now
+    UNION
+    SELECT queue_id FROM recipients WHERE state = 'inflight' AND lease_until < :now
+) ORDER BY received_at, id LIMIT :limit
+"""
+_DUE_RECIPIENTS = """
+SELECT number, attempts, (possible_duplicate OR state = 'inflight') AS maybe_sent
+FROM recipients
+WHERE queue_id = :queue_id
+  AND ((state = 'pending' AND next_attempt_at <= :now)
+       OR (state = 'inflight' AND lease_until < :now))
+ORDER BY position
+"""
+_LEASE = """
+UPDATE recipients
+SET state = 'inflight', lease_until = :lease_until, attempts = attempts + 1, updated_at = :now,
+    possible_duplicate = possible_duplicate OR state = 'inflight'
+WHERE queue_id = :queue_id
+  AND ((state = 'pending' AND next_attempt_at <= :now)
+       OR (state = 'inflight' AND lease_until < :now))
+"""
+_GET_MESSAGE = """
+SELECT id, received_at, envelope_from, from_header, subject, message_id, text, sender_id,
+       size, headers
+FROM messages WHERE id = ?
+"""
+_ALL_MESSAGES = """
+SELECT id, received_at, envelope_from, from_header, subject, message_id, text, sender_id,
+       size, headers
+FROM messages ORDER BY received_at, id
+"""
+_UNFINISHED_MESSAGES = """
+SELECT id, received_at, envelope_from, from_header, subject, message_id, text, sender_id,
+       size, headers
+FROM messages
+WHERE id IN (SELECT queue_id FROM recipients WHERE state IN ('pending', 'inflight'))
+ORDER BY received_at, id
+"""
+_GET_RECIPIENTS = """
+SELECT queue_id, number, state, attempts, next_attempt_at, last_error, provider_ref,
+       updated_at, possible_duplicate
+FROM recipients WHERE queue_id = ? ORDER BY position
+"""
+_ALL_RECIPIENTS = """
+SELECT queue_id, number, state, attempts, next_attempt_at, last_error, provider_ref,
+       updated_at, possible_duplicate
+FROM recipients ORDER BY queue_id, position
+"""
+_UNFINISHED_RECIPIENTS = """
+SELECT queue_id, number, state, attempts, next_attempt_at, last_error, provider_ref,
+       updated_at, possible_duplicate
+FROM recipients
+WHERE queue_id IN (SELECT queue_id FROM recipients WHERE state IN ('pending', 'inflight'))
+ORDER BY queue_id, position
+"""
+
+EntryState = Literal["pending", "sent", "failed", "partial"]
+
+
+def new_queue_id(at: float) -> str:
+    """Make a fresh queue id for a message accepted at ``at`` (see the module docstring)."""
+    millis = max(0, int(at * 1000)) & ((1 << (5 * _TIME_CHARS)) - 1)
+    value = (millis << (5 * _RANDOM_CHARS)) | secrets.randbits(5 * _RANDOM_CHARS)
+    chars = []
+    for _ in range(_TIME_CHARS + _RANDOM_CHARS):
+        value, digit = divmod(value, 32)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientStatus:
+    """Where one recipient of a queued message stands, for ``queue show`` and logs.
+
+    ``possible_duplicate`` is set once a lease on this row was lost (crash, dead worker):
+    the provider may have been given the SMS before, so a later send may be a duplicate.
+    """
+
+    number: str
+    state: RecipientState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    provider_ref: str | None
+    updated_at: float
+    possible_duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One queued message and its recipients, as the administration commands show it.
+
+    ``id`` is the queue id (the messages table's key, what ``queue list`` prints).
+    """
+
+    id: str
+    received_at: float
+    envelope_from: str
+    from_header: str
+    subject: str
+    message_id: str | None
+    text: str
+    sender_id: str
+    size: int
+    headers: str
+    recipients: tuple[RecipientStatus, ...]
+
+    @property
+    def state(self) -> EntryState:
+        """``pending`` while any recipient still waits, else how the message ended."""
+        states = {r.state for r in self.recipients}
+        if states & {RecipientState.PENDING, RecipientState.INFLIGHT}:
+            return "pending"
+        if states <= {RecipientState.SENT}:
+            return "sent"
+        if states == {RecipientState.FAILED}:
+            return "failed"
+        return "partial"
+
+
+def _recipient(row: sqlite3.Row) -> RecipientStatus:
+    return RecipientStatus(
+        number=str(row["number"]),
+        state=RecipientState(row["state"]),
+        attempts=int(row["attempts"]),
+        next_attempt_at=float(row["next_attempt_at"]),
+        last_error=row["last_error"],
+        provider_ref=row["provider_ref"],
+        updated_at=float(row["updated_at"]),
+        possible_duplicate=bool(row["possible_duplicate"]),
+    )
+
+
+def _entry(row: sqlite3.Row, recipients: Sequence[RecipientStatus]) -> QueueEntry:
+    return QueueEntry(
+        id=str(row["id"]),
+        received_at=float(row["received_at"]),
+        envelope_from=str(row["envelope_from"]),
+        from_header=str(row["from_header"]),
+        subject=str(row["subject"]),
+        message_id=row["message_id"],
+        text=str(row["text"]),
+        sender_id=str(row["sender_id"]),
+        size=int(row["size"]),
+        headers=str(row["headers"]),
+        recipients=tuple(recipients),
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a newly created database file's directory entry survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Queue:
+    """The queue database, through one sqlite3 connection used from one thread.
+
+    Several instances (the daemon and ``mail2sms queue …``) may use the same file at once:
+    WAL lets readers run beside the writer, and writers wait up to ``busy_timeout`` for
+    each other before giving up with ``QueueUnavailableError``.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self.path = Path(path)
+        with self._guard("cannot be opened"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+        try:
+            with self._guard("cannot be opened"):
+                self._setup()
+                if created:
+                    _fsync_dir(self.path.parent)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _setup(self) -> None:
+        # sqlite3.connect(timeout=...) already set the busy timeout that lets the daemon
+        # and the CLI wait for each other's locks.
+        conn = self._conn
+        conn.row_factory = sqlite3.Row
+        # FULL fsyncs the WAL on every commit: a returned enqueue survives a power cut.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # Only a new file takes the write lock: the CLI must open beside a busy daemon.
+        if self._schema_version() == SCHEMA_VERSION:
+            return
+        with self._transaction():
+            if self._schema_version() < SCHEMA_VERSION:  # another process may have won
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _schema_version(self) -> int:
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise QueueUnavailableError(
+                f"queue {self.path} has schema version {version}; this mail2sms "
+                f"understands up to {SCHEMA_VERSION} (was it written by a newer version?)"
+            )
+        return version
+
+    def close(self) -> None:
+        """Close the connection; the last one to close checkpoints the WAL."""
+        with self._guard("cannot be closed"):
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _guard(self, what: str = "is unavailable") -> Iterator[None]:
+        """Turn database and disk errors into the one error callers handle (451 at SMTP)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise QueueUnavailableError(f"queue {self.path} {what}: {exc}") from exc
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.filename is not None and exc.filename != str(self.path):
+                reason = f"{reason}: {exc.filename}"
+            raise QueueUnavailableError(f"queue {self.path} {what}: {reason}") from exc
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction, committed on success and rolled back on any error.
+
+        Writes take the write lock up front (IMMEDIATE), so what a claim reads is still
+        true when it updates: two claimers never lease the same recipient. Reads get one
+        consistent snapshot across their statements.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._guard(), self._transaction() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._guard(), self._transaction(write=False) as conn:
+            yield conn
+
+    # ---- the message path -------------------------------------------------------------
+
+    def enqueue(self, message: NewMessage) -> str:
+        """Store a message and one pending recipient per number; durable once it returns."""
+        numbers = list(dict.fromkeys(message.recipients))
+        if not numbers:
+            raise ValueError("a queued message needs at least one recipient")
+        now = message.received_at
+        with self._write() as conn:
+            for _ in range(5):
+                queue_id = new_queue_id(now)
+                try:
+                    conn.execute(
+                        "INSERT INTO messages (id, received_at, envelope_from, from_header,"
+                        " subject, message_id, text, sender_id, size, headers)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            queue_id,
+                            now,
+                            message.envelope_from,
+                            message.from_header,
+                            message.subject,
+                            message.message_id,
+                            message.text,
+                            message.sender_id,
+                            message.size,
+                            message.headers,
+                        ),
+                    )
+                    break
+                except sqlite3.IntegrityError:
+                    continue  # the same id in the same millisecond: draw again
+            else:
+                raise QueueUnavailableError(f"queue {self.path}: no unused queue id found")
+            conn.executemany(
+                "INSERT INTO recipients (queue_id, number, position, state, next_attempt_at,"
+                " updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+                [(queue_id, number, i, now, now) for i, number in enumerate(numbers)],
+            )
+        return queue_id
+
+    def recover(self, now: float) -> int:
+        """At start-up, release every lease the last run left behind; returns how many.
+
+        No worker of this process holds a lease yet, so every inflight row belonged to a
+        run that stopped without recording an outcome; it may or may not have been sent.
+        """
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE recipients SET state = 'pending', next_attempt_at = ?,"
+                " lease_until = NULL, possible_duplicate = 1, updated_at = ?"
+                " WHERE state = 'inflight'",
+                (now, now),
+            )
+            return cursor.rowcount
+
+    def claim(self, *, now: float, lease: float, limit: int) -> list[ClaimedJob]:
+        """Lease due recipients until ``now + lease``: one job per message, oldest first."""
+        if limit <= 0:
+            return []
+        jobs: list[ClaimedJob] = []
+        with self._write() as conn:
+            ids = [row["id"] for row in conn.execute(_DUE_MESSAGES, {"now": now, "limit": limit})]
+            for queue_id in ids:
+                params = {"queue_id": queue_id, "now": now, "lease_until": now + lease}
+                due = conn.execute(_DUE_RECIPIENTS, params).fetchall()
+                conn.execute(_LEASE, params)
+                message = conn.execute(_GET_MESSAGE, (queue_id,)).fetchone()
+                jobs.append(
+                    ClaimedJob(
+                        queue_id=queue_id,
+                        recipients=tuple(str(row["number"]) for row in due),
+                        text=str(message["text"]),
+                        sender_id=str(message["sender_id"]),
+                        envelope_from=str(message["envelope_from"]),
+                        subject=str(message["subject"]),
+                        received_at=float(message["received_at"]),
+                        attempts=max(int(row["attempts"]) for row in due) + 1,
+                        possible_duplicates=tuple(
+                            str(row["number"]) for row in due if row["maybe_sent"]
+                        ),
+                    )
+                )
+        return jobs
+
+    def next_due(self) -> float | None:
+        """When the earliest pending recipient is due, so workers can sleep until then."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT MIN(next_attempt_at) FROM recipients WHERE state = 'pending'"
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def mark_sent(
+        self,
+        queue_id: str,
+        recipients: Sequence[str],
+        *,
+        now: float,
+        provider_refs: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """Record that the provider took these recipients; rows not inflight are left alone."""
+        refs = provider_refs or {}
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE recipients SET state = 'sent', lease_until = NULL, provider_ref = ?,"
+                " updated_at = ? WHERE queue_id = ? AND number = ? AND state = 'inflight'",
+                [(refs.get(number), now, queue_id, number) for number in recipients],
+            )
+
+    def mark_retry(
+        self, queue_id: str, recipients: Sequence[str], *, now: float, at: float, error: str
+    ) -> None:
+        """Put inflight recipients back to wait until ``at``, keeping why they failed."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE recipients SET state = 'pending', next_attempt_at = ?,"
+                " lease_until = NULL, last_error = ?, updated_at = ?"
+                " WHERE queue_id = ? AND number = ? AND state = 'inflight'",
+                [(at, error, now, queue_id, number) for number in recipients],
+            )
+
+    def mark_failed(
+        self, queue_id: str, recipients: Sequence[str], *, now: float, error: str
+    ) -> None:
+        """Give up on inflight recipients for good (the caller bounces them)."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE recipients SET state = 'failed', lease_until = NULL, last_error = ?,"
+                " updated_at = ? WHERE queue_id = ? AND number = ? AND state = 'inflight'",
+                [(error, now, queue_id, number) for number in recipients],
+            )
+
+    # ---- administration (runs beside the daemon) --------------------------------------
+
+    def get(self, queue_id: str) -> QueueEntry:
+        """One message with its recipients; ``NotFoundError`` if there is none."""
+        with self._read() as conn:
+            message = conn.execute(_GET_MESSAGE, (queue_id,)).fetchone()
+            recipients = [_recipient(row) for row in conn.execute(_GET_RECIPIENTS, (queue_id,))]
+        if message is None:
+            raise NotFoundError(f"no queued message with id {queue_id}")
+        return _entry(message, recipients)
+
+    def entries(self, *, include_finished: bool = False) -> list[QueueEntry]:
+        """Messages still waiting (or all of them), oldest first."""
+        with self._read() as conn:
+            if include_finished:
+                messages = conn.execute(_ALL_MESSAGES).fetchall()
+                rows = conn.execute(_ALL_RECIPIENTS).fetchall()
+            else:
+                messages = conn.execute(_UNFINISHED_MESSAGES).fetchall()
+                rows = conn.execute(_UNFINISHED_RECIPIENTS).fetchall()
+        by_message: dict[str, list[RecipientStatus]] = {}
+        for row in rows:
+            by_message.setdefault(row["queue_id"], []).append(_recipient(row))
+        return [_entry(m, by_message.get(m["id"], [])) for m in messages]
+
+    def retry_now(self, queue_id: str, *, now: float) -> int:
+        """Make a message's waiting recipients due now; returns how many."""
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is None:
+                raise NotFoundError(f"no queued message with id {queue_id}")
+            cursor = conn.execute(
+                "UPDATE recipients SET next_attempt_at = ?, updated_at = ?"
+                " WHERE queue_id = ? AND state = 'pending'",
+                (now, now, queue_id),
+            )
+            return cursor.rowcount
+
+    def delete(self, queue_id: str) -> None:
+        """Remove a message and its recipients; a worker holding it just finds nothing."""
+        with self._write() as conn:
+            if conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,)).rowcount == 0:
+                raise NotFoundError(f"no queued message with id {queue_id}")
+
+    def counts(self) -> dict[str, int]:
+        """Recipients per state (every state present, zero included) for logs and metrics."""
+        result = {state.value: 0 for state in RecipientState}
+        with self._read() as conn:
+            for row in conn.execute("SELECT state, COUNT(*) FROM recipients GROUP BY state"):
+                result[row[0]] = int(row[1])
+        return result
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class AsyncQueue:
+    """Runs every Queue call on ONE dedicated worker thread (sqlite3 connections are per-thread).
+
+    The event loop never waits on a disk: each call is handed to the thread and awaited.
+    If the awaiting task is cancelled, the call still runs to its end on the thread (a
+    transaction is never cut in half); an enqueue may then commit without a 250 reply, which
+    at worst duplicates the message when the client sends it again.
+    """
+
+    def __init__(self, queue: Queue, executor: ThreadPoolExecutor) -> None:
+        """Use ``open``; this only wraps a Queue already built on ``executor``'s thread."""
+        self._queue = queue
+        self._executor = executor
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> AsyncQueue:
+        """Open the queue on a new worker thread; raises ``QueueUnavailableError``."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mail2sms-queue")
+        loop = asyncio.get_running_loop()
+        try:
+            queue = await loop.run_in_executor(
+                executor, functools.partial(Queue, path, busy_timeout=busy_timeout)
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(queue, executor)
+
+    async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        if self._closed:
+            raise QueueUnavailableError(f"queue {self._queue.path} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._queue.path
+
+    async def close(self) -> None:
+        """Close the connection on its thread, then let the thread end."""
+        if self._closed:
+            return
+        try:
+            await self._run(self._queue.close)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=False)
+
+    async def enqueue(self, message: NewMessage) -> str:
+        """See ``Queue.enqueue``."""
+        return await self._run(self._queue.enqueue, message)
+
+    async def recover(self, now: float) -> int:
+        """See ``Queue.recover``."""
+        return await self._run(self._queue.recover, now)
+
+    async def claim(self, *, now: float, lease: float, limit: int) -> list[ClaimedJob]:
+        """See ``Queue.claim``."""
+        return await self._run(self._queue.claim, now=now, lease=lease, limit=limit)
+
+    async def next_due(self) -> float | None:
+        """See ``Queue.next_due``."""
+        return await self._run(self._queue.next_due)
+
+    async def mark_sent(
+        self,
+        queue_id: str,
+        recipients: Sequence[str],
+        *,
+        now: float,
+        provider_refs: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """See ``Queue.mark_sent``."""
+        await self._run(
+            self._queue.mark_sent, queue_id, recipients, now=now, provider_refs=provider_refs
+        )
+
+    async def mark_retry(
+        self, queue_id: str, recipients: Sequence[str], *, now: float, at: float, error: str
+    ) -> None:
+        """See ``Queue.mark_retry``."""
+        await self._run(self._queue.mark_retry, queue_id, recipients, now=now, at=at, error=error)
+
+    async def mark_failed(
+        self, queue_id: str, recipients: Sequence[str], *, now: float, error: str
+    ) -> None:
+        """See ``Queue.mark_failed``."""
+        await self._run(self._queue.mark_failed, queue_id, recipients, now=now, error=error)
+
+    async def get(self, queue_id: str) -> QueueEntry:
+        """See ``Queue.get``."""
+        return await self._run(self._queue.get, queue_id)
+
+    async def entries(self, *, include_finished: bool = False) -> list[QueueEntry]:
+        """See ``Queue.entries``."""
+        return await self._run(self._queue.entries, include_finished=include_finished)
+
+    async def retry_now(self, queue_id: str, *, now: float) -> int:
+        """See ``Queue.retry_now``."""
+        return await self._run(self._queue.retry_now, queue_id, now=now)
+
+    async def delete(self, queue_id: str) -> None:
+        """See ``Queue.delete``."""
+        await self._run(self._queue.delete, queue_id)
+
+    async def counts(self) -> dict[str, int]:
+        """See ``Queue.counts``."""
+        return await self._run(self._queue.counts)

@@ -1,0 +1,345 @@
+"""The SMTP side: an aiosmtpd handler that refuses early, accepts durably, and always answers.
+
+Every check that can be made during the session is made there, so the sending client tells
+the person at once (a bounce is only for what fails later). ``250`` is sent only after the
+message is committed to the queue. Nothing slow happens here: delivery is the workers' job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mail2sms import __version__
+from mail2sms.addressing import parse_numbers, parse_rcpt
+from mail2sms.config import Settings
+from mail2sms.errors import (
+    EmptyTextError,
+    MailRefusedError,
+    QueueError,
+    SenderRefusedError,
+    TooLongError,
+)
+from mail2sms.log import get_logger
+from mail2sms.mail_parse import header_block, parse_mail
+from mail2sms.models import MailContent, NewMessage, RcptTarget
+from mail2sms.queue import AsyncQueue
+from mail2sms.sms_text import check_length
+
+log = get_logger(__name__)
+
+# Named replies (RFC 3463 enhanced status codes); refusals come from the exception tree.
+OK_SENDER = "250 2.1.0 Sender OK"
+OK_RECIPIENT = "250 2.1.5 Recipient OK"
+QUEUED = "250 2.0.0 queued as {queue_id}"
+TEMPORARY_ERROR = "451 4.3.0 Temporary local problem, please try again later"
+QUEUE_UNAVAILABLE = "451 4.3.0 The message could not be stored, please try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
+TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
+
+# aiosmtpd writes these itself, without enhanced codes; they are rewritten on the way out.
+_AIOSMTPD_TOO_BIG = (
+    b"552 Error: Too much mail data",
+    b"552 Error: message size exceeds fixed maximum message size",
+)
+
+
+class GatewaySMTP(SMTP):  # type: ignore[misc]  aiosmtpd ships no type information
+    """aiosmtpd's protocol with our size replies and a registry of live sessions."""
+
+    def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__(handler, **kwargs)
+        self._gateway = handler
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register the session so a shutdown can wait for or close it."""
+        self._gateway.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Forget the session."""
+        self._gateway.sessions.discard(self)
+        super().connection_lost(error)
+
+    async def push(self, status: bytes | str) -> None:
+        """Send a reply, giving aiosmtpd's own size refusals their enhanced status code."""
+        raw = status.encode("ascii", "replace") if isinstance(status, str) else status
+        if raw in _AIOSMTPD_TOO_BIG:
+            raw = TOO_BIG.format(limit=self.data_size_limit).encode("ascii")
+        await super().push(raw)
+
+    def close_with(self, reply: str) -> None:
+        """Say goodbye (e.g. 421 at shutdown) and close the connection."""
+        transport = getattr(self, "transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.write(reply.encode("ascii") + b"\r\n")
+            transport.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The parts of the configuration the handler needs, read once per (re)load."""
+
+    hostname: str
+    gateway_addresses: tuple[str, ...]
+    gateway_domains: tuple[str, ...]
+    default_region: str
+    sender_id: str
+    max_parts: int
+    allow: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        """Copy what the handler needs out of the validated settings."""
+        return cls(
+            hostname=settings.smtp.hostname,
+            gateway_addresses=tuple(settings.gateway.addresses),
+            gateway_domains=tuple(settings.gateway.domains),
+            default_region=settings.gateway.default_region,
+            sender_id=settings.gateway.sender_id,
+            max_parts=settings.gateway.max_parts,
+            allow=tuple(settings.senders.allow),
+        )
+
+    def sender_allowed(self, address: str) -> bool:
+        """An exact address (case-insensitive) or ``@domain`` in senders.allow."""
+        address = address.strip().lower()
+        if "@" not in address:
+            return False
+        domain = "@" + address.rsplit("@", 1)[1]
+        return address in self.allow or domain in self.allow
+
+
+def check_sender(policy: Policy, address: str, *, where: str) -> None:
+    """Refuse a sender that is not on the allowlist, saying which address and why."""
+    if not address:
+        raise SenderRefusedError(
+            "Mail with an empty sender (bounces, automatic replies) is not accepted"
+        )
+    if not policy.sender_allowed(address):
+        raise SenderRefusedError(
+            f"{where} <{address}> is not allowed to send SMS through this gateway; "
+            "ask its administrator to add it"
+        )
+
+
+def resolve_recipients(
+    targets: Sequence[RcptTarget], content: MailContent, policy: Policy
+) -> tuple[str, ...]:
+    """The numbers this message goes to, in order, without duplicates."""
+    numbers: dict[str, None] = {}
+    for target in targets:
+        if target.number is not None:
+            numbers[target.number] = None
+        else:
+            numbers.update(dict.fromkeys(parse_numbers(content.subject, policy.default_region)))
+    return tuple(numbers)
+
+
+def choose_text(targets: Sequence[RcptTarget], content: MailContent) -> str:
+    """The body is the text; a ``<number>@domain`` mail with an empty body sends its subject."""
+    if content.body.strip():
+        return content.body
+    if all(t.number is not None for t in targets) and content.subject.strip():
+        return content.subject.strip()
+    where = "body" if any(t.number is None for t in targets) else "body or subject"
+    raise EmptyTextError(f"The message has no text to send: write the SMS in the {where}")
+
+
+def build_message(
+    raw: bytes,
+    envelope_from: str,
+    targets: Sequence[RcptTarget],
+    policy: Policy,
+    received_at: float,
+) -> NewMessage:
+    """Everything DATA decides, as one pure step (run off the event loop)."""
+    content = parse_mail(raw)
+    if not content.from_addresses:
+        raise SenderRefusedError("The message has no From address; add a From header")
+    for address in content.from_addresses:
+        check_sender(policy, address, where="From address")
+    recipients = resolve_recipients(targets, content, policy)
+    text = choose_text(targets, content)
+    check_length(text, policy.max_parts)
+    return NewMessage(
+        envelope_from=envelope_from,
+        from_header=", ".join(content.from_addresses),
+        subject=content.subject,
+        message_id=content.message_id,
+        recipients=recipients,
+        text=text,
+        sender_id=policy.sender_id,
+        received_at=received_at,
+        size=len(raw),
+        headers=header_block(raw),
+    )
+
+
+class GatewayHandler:
+    """aiosmtpd hooks: MAIL and RCPT checks, then parse, validate and commit on DATA."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        queue: AsyncQueue,
+        *,
+        on_queued: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.queue = queue
+        self.on_queued = on_queued
+        self.clock = clock
+        self.sessions: set[GatewaySMTP] = set()
+        self.transactions = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def handle_MAIL(  # noqa: N802  aiosmtpd's hook name
+        self,
+        _server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        """Refuse a sender that is not allowed before it sends anything else."""
+        try:
+            check_sender(self.policy, address, where="Sender")
+        except MailRefusedError as refused:
+            log.info("smtp_refused", stage="MAIL", reply=refused.reply, peer=_peer(session))
+            return refused.reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return OK_SENDER
+
+    async def handle_RCPT(  # noqa: N802  aiosmtpd's hook name
+        self,
+        _server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        """Accept only gateway addresses and numbers at gateway domains (never a relay)."""
+        try:
+            parse_rcpt(
+                address,
+                gateway_addresses=self.policy.gateway_addresses,
+                gateway_domains=self.policy.gateway_domains,
+                default_region=self.policy.default_region,
+            )
+        except MailRefusedError as refused:
+            log.info("smtp_refused", stage="RCPT", reply=refused.reply, peer=_peer(session))
+            return refused.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return OK_RECIPIENT
+
+    async def handle_DATA(  # noqa: N802  aiosmtpd's hook name
+        self, _server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        """Parse and validate off the loop, commit to the queue, then (only then) say 250."""
+        self.transactions += 1
+        self.idle.clear()
+        try:
+            return await self._accept(session, envelope)
+        except Exception:
+            log.exception("smtp_data_error", peer=_peer(session))
+            return TEMPORARY_ERROR
+        finally:
+            self.transactions -= 1
+            if self.transactions == 0:
+                self.idle.set()
+
+    async def _accept(self, session: Session, envelope: Envelope) -> str:
+        policy = self.policy
+        raw = envelope.original_content or envelope.content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        targets = [
+            parse_rcpt(
+                a,
+                gateway_addresses=policy.gateway_addresses,
+                gateway_domains=policy.gateway_domains,
+                default_region=policy.default_region,
+            )
+            for a in envelope.rcpt_tos
+        ]
+        try:
+            message = await asyncio.to_thread(
+                build_message, raw, envelope.mail_from, targets, policy, self.clock()
+            )
+        except MailRefusedError as refused:
+            log.info("smtp_refused", stage="DATA", reply=refused.reply, peer=_peer(session))
+            return refused.reply
+        try:
+            queue_id = await self.queue.enqueue(message)
+        except QueueError:
+            log.exception("queue_unavailable", peer=_peer(session))
+            return QUEUE_UNAVAILABLE
+        length = check_length(message.text, policy.max_parts)
+        log.info(
+            "message_accepted",
+            queue_id=queue_id,
+            sender=message.envelope_from,
+            recipients=list(message.recipients),
+            parts=length.parts,
+            encoding=str(length.encoding),
+            size=message.size,
+            peer=_peer(session),
+        )
+        if self.on_queued is not None:
+            self.on_queued(queue_id)
+        return QUEUED.format(queue_id=queue_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Anything unexpected is a temporary failure with no internals in the reply."""
+        log.error("smtp_exception", error_type=type(error).__name__, exc_info=error)
+        return TEMPORARY_ERROR
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for DATA transactions in progress to finish; False if the time ran out."""
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close_sessions(self, reply: str = SHUTTING_DOWN) -> None:
+        """Tell every connected client we are going away, and hang up."""
+        for session in list(self.sessions):
+            session.close_with(reply)
+
+
+def _peer(session: Session) -> str:
+    peer = getattr(session, "peer", None)
+    if isinstance(peer, tuple) and len(peer) >= 2:  # noqa: PLR2004  (host, port, ...)
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+async def start_server(
+    handler: GatewayHandler, host: str, port: int, *, max_message_size: int
+) -> asyncio.Server:
+    """Listen inside the running event loop (not aiosmtpd's threaded Controller)."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> GatewaySMTP:
+        return GatewaySMTP(
+            handler,
+            hostname=handler.policy.hostname,
+            ident=f"ESMTP mail2sms {__version__}",
+            data_size_limit=max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            loop=loop,
+        )
+
+    return await loop.create_server(factory, host=host, port=port)

@@ -1,0 +1,207 @@
+"""Config: TOML + environment, every problem named by its key path, secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mail2sms.config import HostPort, load_config, parse_duration, parse_host_port
+from mail2sms.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+MINIMAL = '[gateway]\naddresses = ["sms@sms.example.com"]\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (30, 30.0),
+        (1.5, 1.5),
+        ("45", 45.0),
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        (" 2D ", 172800.0),
+    ],
+)
+def test_durations(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "5x", "m5", "-5", "5 minutes", True, None, [1]])
+def test_bad_durations(value):
+    with pytest.raises(ValueError, match=r"duration"):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:2525", HostPort("127.0.0.1", 2525)),
+        ("[::1]:25", HostPort("::1", 25)),
+        ("mail.example.com:587", HostPort("mail.example.com", 587)),
+        ("0.0.0.0:0", HostPort("0.0.0.0", 0)),
+    ],
+)
+def test_host_port(value, expected):
+    assert parse_host_port(value) == expected
+    assert str(expected).endswith(f":{expected.port}")
+
+
+@pytest.mark.parametrize("value", ["2525", "host:", ":25", "host:70000", "::1:25", 25])
+def test_bad_host_port(value):
+    with pytest.raises(ValueError, match=r"host:port|out of range"):
+        parse_host_port(value)
+
+
+def test_the_example_config_is_valid_and_embedded_defaults_are_as_documented():
+    settings = load_config(ROOT / "config.example.toml")
+    assert settings.provider.kind == "outbox"
+    assert str(settings.smtp.listen) == "127.0.0.1:2525"
+    assert settings.queue.path == Path("var/queue.sqlite3")
+    assert settings.provider.path == Path("var/outbox.jsonl")
+    assert settings.delivery.retry_initial == 30
+    assert settings.delivery.retry_max == 900
+    assert settings.delivery.give_up_after == 172800
+
+
+def test_every_problem_is_listed_with_its_key_path(tmp_path):
+    found = problems(
+        write(
+            tmp_path,
+            """
+[smtp]
+listen = "nonsense"
+colour = "blue"
+[gateway]
+addresses = ["not an address"]
+default_region = "ZZ"
+max_parts = 0
+[provider]
+kind = "pigeon"
+[delivery]
+retry_initial = "5x"
+""",
+        )
+    )
+    joined = "\n".join(found)
+    for expected in (
+        "smtp.listen:",
+        "smtp.colour: unknown key",
+        "gateway.addresses:",
+        "gateway.default_region: 'ZZ' is not a known region",
+        "gateway.max_parts:",
+        "provider.kind:",
+        "delivery.retry_initial:",
+    ):
+        assert expected in joined, joined
+    assert len(found) == 7
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    assert problems(write(tmp_path, MINIMAL + "[smpt]\nlisten = '127.0.0.1:25'\n")) == [
+        "smpt: unknown key"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("this is = = not toml", "not valid TOML"), ("gateway = 3\n", "expected a [gateway] table")],
+)
+def test_unreadable_toml_is_one_clear_line(tmp_path, text, expected):
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1
+    assert expected in found[0]
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert problems(tmp_path / "nope.toml") == [f"{tmp_path / 'nope.toml'}: no such file"]
+    assert "is a directory" in problems(tmp_path)[0]
+
+
+def test_environment_overrides_the_file(tmp_path, monkeypatch):
+    path = write(tmp_path, MINIMAL + "[smtp]\nlisten = '127.0.0.1:2525'\n")
+    monkeypatch.setenv("MAIL2SMS_SMTP__LISTEN", "0.0.0.0:25")
+    monkeypatch.setenv("MAIL2SMS_GATEWAY__MAX_PARTS", "2")
+    monkeypatch.setenv("MAIL2SMS_SENDERS__ALLOW", '["Ops@Example.com", "@example.org"]')
+    settings = load_config(path)
+    assert settings.smtp.listen == HostPort("0.0.0.0", 25)
+    assert settings.gateway.max_parts == 2
+    assert settings.gateway.addresses == ["sms@sms.example.com"]  # the file's value survives
+    assert settings.senders.allow == ["ops@example.com", "@example.org"]
+
+
+def test_environment_list_that_is_not_json_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAIL2SMS_SENDERS__ALLOW", "ops@example.com")
+    found = problems(write(tmp_path, MINIMAL))
+    assert len(found) == 1
+    assert found[0].startswith("senders:")
+    assert "JSON" in found[0]
+
+
+def test_bad_environment_value_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAIL2SMS_GATEWAY__MAX_PARTS", "lots")
+    found = problems(write(tmp_path, MINIMAL))
+    assert found[0].startswith("gateway.max_parts:")
+
+
+def test_http_provider_needs_a_token_and_never_shows_it(tmp_path, monkeypatch):
+    path = write(tmp_path, MINIMAL + "[provider]\nkind = 'dataflows'\n")
+    assert any("provider.token" in p for p in problems(path))
+    monkeypatch.setenv("MAIL2SMS_PROVIDER__TOKEN", "22|verysecretvalue")
+    settings = load_config(path)
+    assert settings.provider.token is not None
+    assert settings.provider.token.get_secret_value() == "22|verysecretvalue"
+    assert "verysecretvalue" not in repr(settings)
+    assert "verysecretvalue" not in str(settings.model_dump())
+
+
+def test_token_type_error_does_not_echo_the_value(tmp_path):
+    path = write(tmp_path, MINIMAL + "[provider]\nkind = 'dataflows'\ntoken = 12345678\n")
+    joined = "\n".join(problems(path))
+    assert "12345678" not in joined
+    assert "provider.token" in joined
+
+
+def test_token_from_systemd_credentials_directory(tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "provider_token").write_text("22|fromcredentials\n", encoding="utf-8")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    settings = load_config(write(tmp_path, MINIMAL + "[provider]\nkind = 'dataflows'\n"))
+    assert settings.provider.token is not None
+    assert settings.provider.token.get_secret_value() == "22|fromcredentials"
+
+
+def test_gateway_needs_an_address_or_a_domain(tmp_path):
+    found = problems(write(tmp_path, "[gateway]\ndefault_region = 'AU'\n"))
+    assert any("gateway.addresses and/or gateway.domains" in p for p in found)
+
+
+@pytest.mark.parametrize("sender_id", ["MyBrand", "ACME 24-7", "+61412345678", "61412345678"])
+def test_sender_ids(tmp_path, sender_id):
+    settings = load_config(write(tmp_path, MINIMAL + f"sender_id = '{sender_id}'\n"))
+    assert settings.gateway.sender_id == sender_id
+
+
+@pytest.mark.parametrize("sender_id", ["TwelveLetter", "", "Bad!Chars"])
+def test_bad_sender_ids(tmp_path, sender_id):
+    assert problems(write(tmp_path, MINIMAL + f"sender_id = '{sender_id}'\n"))[0].startswith(
+        "gateway.sender_id:"
+    )

@@ -1,0 +1,263 @@
+"""Delivery workers against a real SQLite queue and a scripted provider (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pytest
+from conftest import poll
+
+from mail2sms.config import DeliveryConfig
+from mail2sms.delivery import Delivery, backoff, chunks
+from mail2sms.errors import (
+    PermanentProviderError,
+    ProviderAccountError,
+    TransientProviderError,
+)
+from mail2sms.models import NewMessage, Outcome, RecipientResult, RecipientState, SmsBatch
+from mail2sms.providers.base import Provider
+from mail2sms.queue import AsyncQueue
+
+
+class ScriptedProvider(Provider):
+    """Answers each send with the next scripted step: an exception, or an outcome per number."""
+
+    name = "scripted"
+    max_recipients = 2
+    supports_unicode = True
+    requests_per_second = None
+    docs_url = ""
+
+    steps: ClassVar[list[Any]] = []
+
+    def __init__(self, steps: list[Any]) -> None:
+        self.steps = list(steps)
+        self.batches: list[SmsBatch] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.gate: asyncio.Event | None = None
+
+    @classmethod
+    def from_config(cls, config, client):  # pragma: no cover - not built from config
+        raise NotImplementedError
+
+    async def send(self, batch: SmsBatch) -> list[RecipientResult]:
+        self.batches.append(batch)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            step = self.steps.pop(0) if self.steps else Outcome.SENT
+            if isinstance(step, Exception):
+                raise step
+            if callable(step):
+                return step(batch)
+            return [
+                RecipientResult(n, step, detail=f"{step}", provider_ref=f"ref-{n}")
+                for n in batch.recipients
+            ]
+        finally:
+            self.in_flight -= 1
+
+
+def message(*numbers: str, received_at: float | None = None) -> NewMessage:
+    return NewMessage(
+        envelope_from="alice@example.com",
+        from_header="alice@example.com",
+        subject=",".join(numbers),
+        message_id="m@example.com",
+        recipients=numbers,
+        text="hello",
+        sender_id="Brand",
+        received_at=time.time() if received_at is None else received_at,
+        size=10,
+        headers="",
+    )
+
+
+@pytest.fixture
+async def queue(tmp_path):
+    q = await AsyncQueue.open(tmp_path / "q.sqlite3")
+    yield q
+    await q.close()
+
+
+@pytest.fixture
+async def run_delivery(queue):
+    started: list[tuple[Delivery, asyncio.Task[None]]] = []
+
+    def start(provider: Provider, **config: Any) -> Delivery:
+        settings = {"workers": 4, "retry_initial": 0.01, "retry_max": 0.05, "give_up_after": 3600}
+        delivery = Delivery(
+            queue=queue,
+            provider=provider,
+            config=DeliveryConfig(**(settings | config)),
+            request_timeout=5,
+        )
+        started.append((delivery, asyncio.create_task(delivery.run())))
+        return delivery
+
+    yield start
+    for delivery, task in started:
+        await delivery.stop(1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def states(entry) -> dict[str, RecipientState]:
+    return {r.number: r.state for r in entry.recipients}
+
+
+async def wait_state(queue, queue_id: str, want: Callable[[dict[str, RecipientState]], bool]):
+    async def check():
+        entry = await queue.get(queue_id)
+        return entry if want(states(entry)) else None
+
+    return await poll(check)
+
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(
+    ("attempts", "low", "high"),
+    [(1, 15, 30), (2, 30, 60), (3, 60, 120), (10, 450, 900), (50, 450, 900)],
+)
+def test_backoff_doubles_with_jitter_up_to_the_maximum(attempts, low, high):
+    assert backoff(attempts, initial=30, maximum=900, rng=lambda: 0.0) == low
+    assert backoff(attempts, initial=30, maximum=900, rng=lambda: 1.0) == high
+
+
+def test_backoff_honours_retry_after_as_a_floor():
+    assert backoff(1, initial=30, maximum=900, retry_after=120, rng=lambda: 0.5) == 120
+    assert backoff(5, initial=30, maximum=900, retry_after=1, rng=lambda: 0.0) == 240
+
+
+def test_chunks():
+    assert chunks(["a", "b", "c", "d", "e"], 2) == [("a", "b"), ("c", "d"), ("e",)]
+    assert chunks([], 100) == []
+
+
+async def test_sent_is_recorded_with_provider_refs(queue, run_delivery):
+    provider = ScriptedProvider([])
+    queue_id = await queue.enqueue(message("+61412345678", "+61498765432", "+61400000001"))
+    run_delivery(provider).wake()
+    entry = await wait_state(queue, queue_id, lambda s: set(s.values()) == {RecipientState.SENT})
+    assert {r.provider_ref for r in entry.recipients} == {
+        "ref-+61412345678",
+        "ref-+61498765432",
+        "ref-+61400000001",
+    }
+    # max_recipients = 2 → two requests
+    assert [len(b.recipients) for b in provider.batches] == [2, 1]
+
+
+async def test_transient_error_retries_then_sends_once(queue, run_delivery):
+    provider = ScriptedProvider([TransientProviderError("503"), TransientProviderError("timeout")])
+    queue_id = await queue.enqueue(message("+61412345678"))
+    run_delivery(provider)
+    entry = await wait_state(queue, queue_id, lambda s: s["+61412345678"] is RecipientState.SENT)
+    assert entry.recipients[0].attempts == 3
+    assert len(provider.batches) == 3
+
+
+async def test_permanent_error_fails_without_retry(queue, run_delivery):
+    provider = ScriptedProvider([PermanentProviderError("Originator X is not authorized")])
+    queue_id = await queue.enqueue(message("+61412345678"))
+    run_delivery(provider)
+    entry = await wait_state(queue, queue_id, lambda s: s["+61412345678"] is RecipientState.FAILED)
+    assert "not authorized" in (entry.recipients[0].last_error or "")
+    assert len(provider.batches) == 1
+
+
+async def test_account_error_keeps_the_message_queued(queue, run_delivery):
+    provider = ScriptedProvider([ProviderAccountError("Unauthenticated.")] * 3)
+    queue_id = await queue.enqueue(message("+61412345678"))
+    run_delivery(provider)
+    await poll(lambda: len(provider.batches) >= 3)
+    entry = await queue.get(queue_id)
+    assert entry.recipients[0].state in {
+        RecipientState.PENDING,
+        RecipientState.INFLIGHT,
+        RecipientState.SENT,
+    }
+    assert entry.recipients[0].state is not RecipientState.FAILED
+
+
+async def test_past_give_up_after_a_transient_failure_becomes_final(queue, run_delivery):
+    provider = ScriptedProvider([TransientProviderError("connection refused")])
+    queue_id = await queue.enqueue(message("+61412345678", received_at=time.time() - 7200))
+    run_delivery(provider, give_up_after=3600)
+    entry = await wait_state(queue, queue_id, lambda s: s["+61412345678"] is RecipientState.FAILED)
+    error = entry.recipients[0].last_error or ""
+    assert "gave up after 1 attempts" in error
+    assert "connection refused" in error
+
+
+async def test_partial_results_per_recipient(queue, run_delivery):
+    def mixed(batch: SmsBatch) -> list[RecipientResult]:
+        outcomes = [Outcome.SENT, Outcome.PERMANENT]
+        return [
+            RecipientResult(n, o, detail="blacklisted" if o is Outcome.PERMANENT else "")
+            for n, o in zip(batch.recipients, outcomes, strict=False)
+        ]
+
+    provider = ScriptedProvider([mixed])
+    queue_id = await queue.enqueue(message("+61412345678", "+61498765432"))
+    run_delivery(provider)
+    entry = await wait_state(
+        queue,
+        queue_id,
+        lambda s: (
+            RecipientState.PENDING not in s.values() and RecipientState.INFLIGHT not in s.values()
+        ),
+    )
+    assert states(entry) == {
+        "+61412345678": RecipientState.SENT,
+        "+61498765432": RecipientState.FAILED,
+    }
+    assert len(provider.batches) == 1  # the sent one is never sent again
+
+
+async def test_missing_result_for_a_number_is_retried_not_lost(queue, run_delivery):
+    provider = ScriptedProvider([lambda batch: [], Outcome.SENT])
+    queue_id = await queue.enqueue(message("+61412345678"))
+    run_delivery(provider)
+    await wait_state(queue, queue_id, lambda s: s["+61412345678"] is RecipientState.SENT)
+    assert len(provider.batches) == 2
+
+
+async def test_a_crashing_provider_does_not_lose_the_message(queue, run_delivery):
+    provider = ScriptedProvider([ZeroDivisionError("bug"), Outcome.SENT])
+    queue_id = await queue.enqueue(message("+61412345678"))
+    run_delivery(provider)
+    await wait_state(queue, queue_id, lambda s: s["+61412345678"] is RecipientState.SENT)
+
+
+async def test_no_more_than_workers_requests_at_once(queue, run_delivery):
+    provider = ScriptedProvider([])
+    provider.gate = asyncio.Event()
+    ids = [await queue.enqueue(message(f"+614123456{n:02d}")) for n in range(10)]
+    run_delivery(provider, workers=3)
+    await poll(lambda: provider.in_flight == 3)
+    provider.gate.set()
+    for queue_id in ids:
+        await wait_state(queue, queue_id, lambda s: set(s.values()) == {RecipientState.SENT})
+    assert provider.max_in_flight == 3
+
+
+async def test_stop_lets_a_send_in_flight_finish(queue, run_delivery):
+    provider = ScriptedProvider([])
+    provider.gate = asyncio.Event()
+    queue_id = await queue.enqueue(message("+61412345678"))
+    delivery = run_delivery(provider)
+    await poll(lambda: provider.in_flight == 1)
+    stopping = asyncio.create_task(delivery.stop(5))
+    provider.gate.set()
+    await stopping
+    entry = await queue.get(queue_id)
+    assert states(entry) == {"+61412345678": RecipientState.SENT}

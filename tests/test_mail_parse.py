@@ -1,0 +1,596 @@
+from __future__ import annotations
+
+import base64
+import contextlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mail2sms import mail_parse
+from mail2sms.errors import UnparseableMailError
+from mail2sms.mail_parse import header_block, html_to_text, parse_mail
+from mail2sms.models import MailContent
+
+MAIL_DIR = Path(__file__).parent / "data" / "mail"
+HEAD = b"From: alice@example.com\r\nTo: sms@sms.example.com\r\nSubject: 0412345678\r\n"
+
+
+def mime(content_type: bytes, body: bytes, *, cte: bytes = b"7bit", extra: bytes = b"") -> bytes:
+    """Build a single-part message around ``body``."""
+    return (
+        HEAD
+        + b"MIME-Version: 1.0\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Transfer-Encoding: "
+        + cte
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+def multipart(subtype: bytes, *parts: bytes) -> bytes:
+    """Build a multipart message; each part is its own headers, blank line and body."""
+    boundary = b"==b0undary=="
+    chunks = [
+        HEAD,
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/" + subtype,
+        b'; boundary="' + boundary + b'"\r\n\r\npreamble\r\n',
+    ]
+    chunks.extend(b"--" + boundary + b"\r\n" + part + b"\r\n" for part in parts)
+    chunks.append(b"--" + boundary + b"--\r\n")
+    return b"".join(chunks)
+
+
+def nested(depth: int) -> bytes:
+    """``depth`` multiparts inside each other around one text/plain part."""
+    opening = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+        for i in range(depth)
+    )
+    closing = b"".join(b"\r\n--b%d--" % i for i in reversed(range(depth)))
+    return HEAD + opening + b"Content-Type: text/plain\r\n\r\ndeep text" + closing + b"\r\n"
+
+
+OUTLOOK_HTML = b"""<html xmlns:o="urn:schemas-microsoft-com:office:office">
+<head><meta http-equiv=Content-Type content="text/html; charset=windows-1252">
+<!--[if !mso]><style>v\\:* {behavior:url(#default#VML);}</style><![endif]-->
+<style><!--
+p.MsoNormal {margin:0cm; font-family:"Calibri",sans-serif;}
+--></style>
+<!--[if gte mso 9]><xml><o:shapedefaults v:ext="edit" spidmax="1026" /></xml><![endif]-->
+<title>ignored title</title></head>
+<body lang=EN-AU><div class=WordSection1>
+<p class=MsoNormal>Generator&nbsp;2 is&nbsp;<b>offline</b>.<o:p></o:p></p>
+<p class=MsoNormal><o:p>&nbsp;</o:p></p>
+<p class=MsoListParagraph><![if !supportLists]><span>1.<span>&nbsp;</span></span><![endif]>Start
+   the   backup<o:p></o:p></p>
+<p class=MsoNormal>Fuel &amp; oil: 40&#37; &lt;low&gt;<o:p></o:p></p>
+</div></body></html>"""
+
+
+# --- the body ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "body"),
+    [
+        pytest.param(HEAD + b"\r\nHello there\r\n", "Hello there", id="no-mime-crlf"),
+        pytest.param(
+            b"From: panel@alarm.example\nSubject: 0412345678\n\nZONE 3 ALARM\nEntr\xe9e\n",
+            "ZONE 3 ALARM\nEntrée",
+            id="no-mime-bare-lf-8bit-latin1",
+        ),
+        pytest.param(
+            b"Subject: x\n\nTemp\xc3\xa9rature 41\xc2\xb0C\n",
+            "Température 41°C",
+            id="no-mime-8bit-utf8",
+        ),
+        pytest.param(mime(b"text/plain", b"Just text\r\n"), "Just text", id="text-plain"),
+        pytest.param(
+            mime(
+                b"text/plain; charset=windows-1252",
+                b"=93Quoted=94 =96 it=92s =8020",
+                cte=b"quoted-printable",
+            ),
+            "\u201cQuoted\u201d \u2013 it\u2019s \u20ac20",
+            id="windows-1252-qp",
+        ),
+        pytest.param(
+            mime(b'text/plain; charset="iso-8859-1"', b"Caf\xe9 cr\xe8me", cte=b"8bit"),
+            "Café crème",
+            id="iso-8859-1-8bit",
+        ),
+        pytest.param(
+            mime(b"text/plain; charset=iso-8859-1", b"=93mislabelled=94", cte=b"quoted-printable"),
+            "\u201cmislabelled\u201d",
+            id="iso-8859-1-read-as-windows-1252",
+        ),
+        pytest.param(
+            mime(
+                b"text/plain; charset=utf-8",
+                base64.encodebytes("Grüße aus Zürich ✓\n".encode()),
+                cte=b"base64",
+            ),
+            "Grüße aus Zürich ✓",
+            id="base64-utf8",
+        ),
+        pytest.param(
+            mime(b"text/plain; charset=koi8-r", "Привет".encode("koi8-r"), cte=b"8bit"),
+            "Привет",
+            id="koi8-r",
+        ),
+        pytest.param(
+            mime(b"text/plain; charset=x-made-up", "naïve ✓".encode(), cte=b"8bit"),
+            "naïve ✓",
+            id="unknown-charset-utf8-bytes",
+        ),
+        pytest.param(
+            mime(b"text/plain; charset=x-made-up", b"na\xefve", cte=b"8bit"),
+            "naïve",
+            id="unknown-charset-latin1-bytes",
+        ),
+        pytest.param(
+            mime(b"text/plain; charset=base64", b"aGVsbG8=", cte=b"8bit"),
+            "aGVsbG8=",
+            id="charset-names-a-non-text-codec",
+        ),
+        pytest.param(
+            mime(b"text/plain; charset=us-ascii", b"caf\xc3\xa9", cte=b"8bit"),
+            "café",
+            id="ascii-label-with-8bit-utf8",
+        ),
+        pytest.param(
+            mime(b"text/plain; charset=utf-8", b"SGVsbG8gd29ybGQ=!!!", cte=b"base64"),
+            "Hello world",
+            id="broken-base64",
+        ),
+        pytest.param(
+            mime(b"text/plain; charset=utf-8", b"SGVsbG8", cte=b"base64"),
+            "Hello",
+            id="base64-missing-padding",
+        ),
+        pytest.param(mime(b"text/plain", b""), "", id="empty-body"),
+        pytest.param(HEAD + b"\r\n", "", id="empty-no-mime"),
+        pytest.param(HEAD, "", id="headers-only"),
+        pytest.param(mime(b"text/plain", b"\r\n  \r\n\t\r\n"), "", id="blank-body"),
+    ],
+)
+def test_body_decoding(raw: bytes, body: str) -> None:
+    assert parse_mail(raw).body == body
+
+
+@pytest.mark.parametrize(
+    ("raw", "body"),
+    [
+        pytest.param(
+            multipart(
+                b"alternative",
+                b"Content-Type: text/plain; charset=utf-8\r\n\r\nPlain wins",
+                b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>HTML loses</p>",
+            ),
+            "Plain wins",
+            id="alternative-plain-first",
+        ),
+        pytest.param(
+            multipart(
+                b"alternative",
+                b"Content-Type: text/html\r\n\r\n<p>HTML loses</p>",
+                b"Content-Type: text/plain\r\n\r\nPlain wins",
+            ),
+            "Plain wins",
+            id="alternative-plain-last",
+        ),
+        pytest.param(
+            multipart(
+                b"alternative",
+                b"Content-Type: text/plain\r\n\r\n \r\n",
+                b"Content-Type: text/html\r\n\r\n<p>Only the HTML has text</p>",
+            ),
+            "Only the HTML has text",
+            id="alternative-empty-plain",
+        ),
+        pytest.param(
+            multipart(
+                b"mixed",
+                b"Content-Type: text/plain\r\nContent-Disposition: attachment; "
+                b'filename="notes.txt"\r\n\r\nATTACHMENT',
+                b"Content-Type: text/plain\r\n\r\nThe body",
+                b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+                b"Content-Disposition: attachment\r\n\r\nJVBERi0xLjQK",
+            ),
+            "The body",
+            id="attachment-ignored",
+        ),
+        pytest.param(
+            multipart(
+                b"mixed",
+                b"Content-Type: text/html\r\nContent-Disposition: attachment\r\n\r\n<p>NO</p>",
+                b"Content-Type: image/png\r\n\r\nnot text",
+            ),
+            "",
+            id="only-attachments",
+        ),
+        pytest.param(
+            multipart(
+                b"mixed",
+                b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nFORWARDED",
+                b"Content-Type: text/plain\r\n\r\nOuter text",
+            ),
+            "Outer text",
+            id="attached-message-ignored",
+        ),
+        pytest.param(
+            multipart(
+                b"mixed",
+                b'Content-Type: multipart/alternative; boundary="inner"\r\n\r\n'
+                b"--inner\r\nContent-Type: text/html\r\n\r\n<b>Nested</b> html\r\n--inner--",
+            ),
+            "Nested html",
+            id="nested-html-only",
+        ),
+        pytest.param(
+            mime(b"text/html; charset=windows-1252", OUTLOOK_HTML, cte=b"8bit"),
+            "Generator 2 is offline.\n\n1. Start the backup\nFuel & oil: 40% <low>",
+            id="outlook-html-only",
+        ),
+    ],
+)
+def test_part_choice(raw: bytes, body: str) -> None:
+    assert parse_mail(raw).body == body
+
+
+@pytest.mark.parametrize(
+    ("text", "body"),
+    [
+        (b"line one   \r\nline two\t\r\n", "line one\nline two"),
+        (b"\r\n\r\n\r\ntext\r\n\r\n\r\n", "text"),
+        (b"a\r\n\r\n\r\n\r\n\r\nb", "a\n\nb"),
+        (b"a\r\n\r\nb", "a\n\nb"),
+        (b"a\rb\nc\r\nd", "a\nb\nc\nd"),
+        (b"   indented first line\r\n", "   indented first line"),
+    ],
+)
+def test_text_shaping(text: bytes, body: str) -> None:
+    assert parse_mail(mime(b"text/plain", text)).body == body
+
+
+@pytest.mark.parametrize(
+    ("params", "text", "body"),
+    [
+        (b"format=flowed", b"one two \r\nthree\r\nfour", "one two three\nfour"),
+        (b"format=flowed; delsp=yes", b"long-wor \r\nd end", "long-word end"),
+        (b"format=flowed", b" >not a quote\r\n", ">not a quote"),
+        (b"format=flowed", b"> quoted \r\n> more\r\nreply", "> quoted more\nreply"),
+        (b"format=flowed", b"text\r\n-- \r\nSig", "text\n--\nSig"),
+        (b"", b"fixed \r\nlines", "fixed\nlines"),
+    ],
+)
+def test_format_flowed(params: bytes, text: bytes, body: str) -> None:
+    raw = mime(b"text/plain; charset=utf-8; " + params, text)
+    assert parse_mail(raw).body == body
+
+
+# --- headers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "subject"),
+    [
+        (b"Subject: plain", "plain"),
+        (b"Subject:   padded  ", "padded"),
+        (b"Subject: folded\r\n  over\r\n\tlines", "folded  over\tlines"),
+        (b"Subject: =?UTF-8?Q?Caf=C3=A9_au_lait?=", "Café au lait"),
+        (b"Subject: =?utf-8?B?KzYxIDQxMiAzNDUgNjc4?=", "+61 412 345 678"),
+        (b"Subject: =?utf-8?q?one?= =?utf-8?q?_two?=", "one two"),
+        (b"Subject: =?utf-8?q?=E2=82?=\r\n =?utf-8?q?=AC?=", "€"),
+        (b"Subject: a =?iso-8859-1?q?=E9?= b", "a é b"),
+        (b"Subject: =?windows-1252?Q?=93hi=94?=", "\u201chi\u201d"),
+        (b"Subject: =?x-unknown?q?as_is?=", "as is"),
+        (b"Subject: =?utf-8?q?line=0D=0Abreak?=", "line break"),
+        (b"Subject: raw \xc3\xa9 utf8", "raw é utf8"),
+        (b"Subject: raw \xe9 latin1", "raw é latin1"),
+        (b"Subject: =?utf-8?b?!!!?= x", "=?utf-8?b?!!!?= x"),
+        (b"Subject: =?utf-8?q?a?= =?utf-8?b?!?= =?utf-8?q?b?=", "a =?utf-8?b?!?= b"),
+        (b"X-Other: 1", ""),
+    ],
+)
+def test_subject(header: bytes, subject: str) -> None:
+    raw = b"From: a@example.com\r\n" + header + b"\r\n\r\nbody\r\n"
+    assert parse_mail(raw).subject == subject
+
+
+@pytest.mark.parametrize(
+    ("headers", "addresses"),
+    [
+        (b"From: alice@example.com", ("alice@example.com",)),
+        (b'From: "Alice, Ops" <alice@example.com>', ("alice@example.com",)),
+        (b"From: =?utf-8?q?J=C3=B6rg?= <jorg@example.de>", ("jorg@example.de",)),
+        (b"From: a@example.com, b@example.org", ("a@example.com", "b@example.org")),
+        (b"From: a@example.com\r\nFrom: B@Example.org", ("a@example.com", "B@Example.org")),
+        (b"From: Team: a@example.com, b@example.org;", ("a@example.com", "b@example.org")),
+        (b"From: alice@example.com (Alice)", ("alice@example.com",)),
+        (b"From: <>", ()),
+        (b"From:", ()),
+        (b"To: x@example.com", ()),
+    ],
+)
+def test_from_addresses(headers: bytes, addresses: tuple[str, ...]) -> None:
+    raw = headers + b"\r\nSubject: s\r\n\r\nbody\r\n"
+    assert parse_mail(raw).from_addresses == addresses
+
+
+@pytest.mark.parametrize(
+    ("header", "message_id"),
+    [
+        (b"Message-ID: <abc.123@host.example>", "abc.123@host.example"),
+        (b"Message-Id:   <abc@host>  (comment)", "abc@host"),
+        (b"Message-ID:\r\n <folded@host>", "folded@host"),
+        (b"Message-ID: bare@host", "bare@host"),
+        (b"Message-ID: <>", None),
+        (b"X-Nothing: 1", None),
+    ],
+)
+def test_message_id(header: bytes, message_id: str | None) -> None:
+    raw = b"From: a@example.com\r\n" + header + b"\r\n\r\nbody\r\n"
+    assert parse_mail(raw).message_id == message_id
+
+
+@pytest.mark.parametrize(
+    ("header", "date"),
+    [
+        (b"Date: Tue, 14 May 2024 08:02:10 +1000", "Tue, 14 May 2024 08:02:10 +1000"),
+        (b"Date: not a date", "not a date"),
+        (b"Date: Tue, 14 May 2024\r\n 08:02:10 +1000", "Tue, 14 May 2024 08:02:10 +1000"),
+        (b"Date: ", None),
+        (b"X-Nothing: 1", None),
+    ],
+)
+def test_date_is_kept_raw(header: bytes, date: str | None) -> None:
+    raw = b"From: a@example.com\r\n" + header + b"\r\n\r\nbody\r\n"
+    assert parse_mail(raw).date == date
+
+
+def test_header_values_are_single_lines() -> None:
+    raw = (
+        b"From: a@example.com\r\nSubject: =?utf-8?q?a=0Db=0Ac=E2=80=A8d?=\r\n"
+        b"Message-ID:\r\n <x\xc2\x85foo@host>\r\nDate: one\r\n two\r\n\r\nbody"
+    )
+    content = parse_mail(raw)
+    for value in (content.subject, content.message_id, content.date, *content.from_addresses):
+        assert value is not None
+        assert "\r" not in value
+        assert "\n" not in value
+        assert "\u2028" not in value
+        assert "\x85" not in value
+    assert content.message_id == "x foo@host"
+
+
+# --- the whole record, on realistic samples ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "outlook_html_only.eml",
+            MailContent(
+                subject="0412 345 678, 0412 345 679",
+                from_addresses=("ops.desk@corp.example.com",),
+                message_id="SY4PR01MB6123ABCDEF@SY4PR01MB6123.ausprd01.prod.outlook.example",
+                date="Tue, 14 May 2024 08:02:10 +1000",
+                body=(
+                    "Hi team,\n\n"
+                    "The \u201cnightly\u201d backup on FS02 failed at 02:00 \u2013 please check "
+                    "the tape library & re-run it.\n\n"
+                    "Thanks,\nOps"
+                ),
+            ),
+        ),
+        (
+            "gmail_alternative.eml",
+            MailContent(
+                subject="+61 412 345 678; +64 21 123 4567",
+                from_addresses=("jamie.example@gmail.example",),
+                message_id="CAB1x2y3Z4-example-gmail-id@mail.gmail.example",
+                date="Wed, 15 May 2024 19:45:03 +1000",
+                body="Dinner at 7 \u2014 bring the crème brûlée! \N{FOUR LEAF CLOVER}\n\nJamie",
+            ),
+        ),
+        (
+            "with_attachment.eml",
+            MailContent(
+                subject="+447400123456",
+                from_addresses=("reports@billing.example.org",),
+                message_id="report-20240516-0600@billing.example.org",
+                date="Thu, 16 May 2024 06:00:00 +0000",
+                body="Invoice run finished: 1,204 invoices, 3 failures.",
+            ),
+        ),
+        (
+            "thunderbird_flowed.eml",
+            MailContent(
+                subject="Reminder",
+                from_addresses=("sam@example.net",),
+                message_id="5e1f2a3b-0c4d-4e5f-8a9b-0c1d2e3f4a5b@example.net",
+                date="Fri, 17 May 2024 10:15:00 +1200",
+                body=(
+                    "The plumber is coming tomorrow between 9 and 11, so please leave the side "
+                    "gate unlocked and keep the dog inside.\n\nSee you tonight.\n\n--\nSam"
+                ),
+            ),
+        ),
+        (
+            "legacy_panel_8bit.eml",
+            MailContent(
+                subject="0298765432",
+                from_addresses=("panel7@alarm.example.com",),
+                message_id=None,
+                date=None,
+                body="ALARM Zone 3 Entrée\nPanel 7 - Café Rue\n\nTime 03:12",
+            ),
+        ),
+    ],
+)
+def test_samples(name: str, expected: MailContent) -> None:
+    raw = (MAIL_DIR / name).read_bytes()
+    assert parse_mail(raw) == expected
+    # The same mail with CRLF line ends, as it arrives over SMTP, reads the same.
+    crlf = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    assert parse_mail(crlf) == expected
+
+
+# --- structure that cannot be read ---------------------------------------------------------
+
+
+def test_moderate_nesting_is_read() -> None:
+    assert parse_mail(nested(40)).body == "deep text"
+
+
+@pytest.mark.parametrize("depth", [150, 1500])
+def test_deep_nesting_is_refused_cleanly(depth: int) -> None:
+    with pytest.raises(UnparseableMailError) as caught:
+        parse_mail(nested(depth))
+    assert caught.value.reply.startswith("554 5.6.0 ")
+    assert "nested" in caught.value.text
+
+
+def test_text_before_a_too_deep_part_is_still_used() -> None:
+    raw = multipart(
+        b"mixed",
+        b"Content-Type: text/plain\r\n\r\nShallow text",
+        nested(150)[len(HEAD) :],
+    )
+    assert parse_mail(raw).body == "Shallow text"
+
+
+def test_unexpected_failures_become_unparseable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(raw: bytes) -> MailContent:
+        raise ValueError(raw)
+
+    monkeypatch.setattr(mail_parse, "_parse", explode)
+    with pytest.raises(UnparseableMailError) as caught:
+        parse_mail(b"x")
+    assert caught.value.reply.startswith("554 5.6.0 The message could not be read as MIME")
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_never_raise_anything_else(raw: bytes) -> None:
+    try:
+        content = parse_mail(raw)
+    except UnparseableMailError:
+        return
+    assert "\n" not in content.subject
+    assert "\r" not in content.subject
+
+
+MIME_ISH = st.lists(
+    st.sampled_from(
+        [
+            b"Content-Type: multipart/mixed; boundary=x\r\n",
+            b"Content-Type: text/html; charset=x-bogus\r\n",
+            b"Content-Type: text/plain; charset*=utf-8''%E2\r\n",
+            b"Content-Transfer-Encoding: base64\r\n",
+            b"Content-Transfer-Encoding: quoted-printable\r\n",
+            b"Content-Disposition: attachment\r\n",
+            b"Subject: =?utf-8?q?=FF?=\r\n",
+            b'From: <<@>>, "\r\n',
+            b"\r\n",
+            b"--x\r\n",
+            b"--x--\r\n",
+            b"<p>text<![x]><!--",
+            b"=A\r\n",
+            b"\xff\xfe\r\n",
+        ]
+    ),
+    max_size=30,
+).map(b"".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(MIME_ISH)
+def test_mime_like_garbage_never_raises_anything_else(raw: bytes) -> None:
+    with contextlib.suppress(UnparseableMailError):
+        parse_mail(raw)
+
+
+# --- html_to_text --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("markup", "text"),
+    [
+        ("<p>Hello <b>world</b></p>", "Hello world"),
+        ("a<br>b<br/>c<BR >d", "a\nb\nc\nd"),
+        ("a<br><br>b", "a\n\nb"),
+        ("<div>one</div><div>two</div>", "one\ntwo"),
+        ("<div>one</div><div><br></div><div>three</div>", "one\n\nthree"),
+        ("<p>one</p><p>&nbsp;</p><p>three</p>", "one\n\nthree"),
+        ("<ul><li>first</li><li>second</li></ul>after", "first\nsecond\nafter"),
+        ("<h1>Title</h1><blockquote>quote</blockquote>", "Title\nquote"),
+        ("<table><tr><td>Host</td><td>web01</td></tr><tr><th>CPU</th><td>99%</td></tr></table>",
+         "Host web01\nCPU 99%"),
+        ("  lots   of\n\n  space\t here  ", "lots of space here"),
+        ("a&nbsp;&nbsp;b", "a  b"),
+        ("&amp; &lt; &gt; &quot; &#39; &#8364; &euro; &copy;", "& < > \" ' € € ©"),
+        ("<head><title>T</title><style>p{}</style></head><body>Body</body>", "Body"),
+        ("<script>var x = '<p>no</p>';</script>yes", "yes"),
+        ("<style>.a{}</style><template><p>no</p></template>yes", "yes"),
+        ("a<!-- comment <p>hidden</p> -->b", "ab"),
+        ("<!--[if mso]><table><tr><td>mso only</td></tr></table><![endif]-->shown", "shown"),
+        ("<![if !supportLists]>1.<![endif]>Item", "1.Item"),
+        ("<![CDATA[ hidden ]]>shown", "shown"),
+        ("<title>unclosed<p>Body text", "Body text"),
+        ("<head><meta charset=utf-8><body>After head", "After head"),
+        ("<pre>keep   this\n  layout</pre>", "keep   this\n  layout"),
+        ("text <script/>still shown", "text still shown"),
+        ("<p>unterminated <a href='x", "unterminated <a href='x"),
+        ("x < y and y > z", "x < y and y > z"),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_html_to_text(markup: str, text: str) -> None:
+    assert html_to_text(markup) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("<>!-[]/=\"' abpsctyle&;#x0\n")), max_size=300))
+def test_html_to_text_never_raises(markup: str) -> None:
+    assert isinstance(html_to_text(markup), str)
+
+
+def test_html_to_text_falls_back_when_the_stdlib_parser_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def give_up(self: object, data: str) -> None:
+        raise AssertionError(data)
+
+    monkeypatch.setattr(mail_parse._HtmlText, "feed", give_up)
+    assert html_to_text("<p>Still&nbsp;<b>readable</b></p><p>text</p>") == "Still\nreadable\n\ntext"
+
+
+def test_html_to_text_is_fast_on_unterminated_tags() -> None:
+    # Linear, not quadratic: html.parser alone takes minutes on this.
+    assert html_to_text("<a " * 100_000).startswith("<a <a")
+
+
+# --- header_block --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "block"),
+    [
+        (b"From: a@b\r\nSubject: x\r\n y\r\n\r\nbody\r\nX: 1\r\n", "From: a@b\nSubject: x\n y"),
+        (b"A: 1\nB: 2\n\nbody", "A: 1\nB: 2"),
+        (b"A: \xe9\r\n\r\n", "A: \ufffd"),
+        (b"ALARM zone 3\r\n", ""),
+        (b"", ""),
+    ],
+)
+def test_header_block(raw: bytes, block: str) -> None:
+    assert header_block(raw) == block

@@ -1,0 +1,546 @@
+"""The durable queue against a real SQLite file: explicit clocks, no sleeps."""
+
+from __future__ import annotations
+
+import inspect
+import sqlite3
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pytest
+
+from mail2sms.errors import NotFoundError, QueueUnavailableError
+from mail2sms.models import NewMessage, RecipientState
+from mail2sms.queue import (
+    QUEUE_ID_PATTERN,
+    SCHEMA_VERSION,
+    AsyncQueue,
+    Queue,
+    new_queue_id,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+T0 = 1_700_000_000.0
+LEASE = 300.0
+A, B, C = "+61412345678", "+61412345679", "+61412345670"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "var" / "queue.sqlite3"
+
+
+@pytest.fixture
+def queue(path: Path) -> Iterator[Queue]:
+    q = Queue(path)
+    yield q
+    q.close()
+
+
+def msg(*recipients: str, at: float = T0, text: str = "Server down") -> NewMessage:
+    return NewMessage(
+        envelope_from="alerts@example.com",
+        from_header="Alerts <alerts@example.com>",
+        subject=" ".join(recipients),
+        message_id="<abc@example.com>",
+        recipients=recipients or (A,),
+        text=text,
+        sender_id="MyBrand",
+        received_at=at,
+        size=1234,
+        headers="From: Alerts <alerts@example.com>\r\nSubject: x\r\n",
+    )
+
+
+# ---- ids -------------------------------------------------------------------------------
+
+
+def test_queue_ids_are_16_safe_chars_and_sort_by_time() -> None:
+    ids = [new_queue_id(T0 + i / 1000) for i in range(0, 5000, 7)]
+    assert all(QUEUE_ID_PATTERN.fullmatch(i) for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    same_ms = {new_queue_id(T0) for _ in range(200)}
+    assert len(same_ms) == 200
+
+
+# ---- opening ---------------------------------------------------------------------------
+
+
+def test_open_creates_parent_and_sets_durable_pragmas(queue: Queue, path: Path) -> None:
+    assert path.is_file()
+    conn = queue._conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_reopen_keeps_data_and_schema(path: Path) -> None:
+    with Queue(path) as q:
+        queue_id = q.enqueue(msg(A))
+    with Queue(path) as q:
+        assert q.get(queue_id).recipients[0].number == A
+
+
+def test_path_under_a_regular_file_is_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(QueueUnavailableError) as info:
+        Queue(blocker / "queue.sqlite3")
+    assert str(blocker / "queue.sqlite3") in str(info.value)
+
+
+def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    bad = tmp_path / "queue.sqlite3"
+    bad.write_bytes(b"this is not sqlite at all, just some bytes" * 100)
+    with pytest.raises(QueueUnavailableError, match="not a database") as info:
+        Queue(bad)
+    assert str(bad) in str(info.value)
+    assert "SELECT" not in str(info.value)
+
+
+def test_a_newer_schema_is_refused(path: Path) -> None:
+    Queue(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(QueueUnavailableError, match="newer"):
+        Queue(path)
+
+
+# ---- enqueue ---------------------------------------------------------------------------
+
+
+def test_enqueue_then_get_returns_every_field(queue: Queue) -> None:
+    message = msg(A, B)
+    queue_id = queue.enqueue(message)
+    assert QUEUE_ID_PATTERN.fullmatch(queue_id)
+    entry = queue.get(queue_id)
+    assert entry.id == queue_id
+    assert entry.received_at == message.received_at
+    assert entry.envelope_from == message.envelope_from
+    assert entry.from_header == message.from_header
+    assert entry.subject == message.subject
+    assert entry.message_id == message.message_id
+    assert entry.text == message.text
+    assert entry.sender_id == message.sender_id
+    assert entry.size == message.size
+    assert entry.headers == message.headers
+    assert entry.state == "pending"
+    assert [r.number for r in entry.recipients] == [A, B]
+    for r in entry.recipients:
+        assert r.state is RecipientState.PENDING
+        assert r.attempts == 0
+        assert r.next_attempt_at == T0
+        assert r.last_error is None
+        assert r.provider_ref is None
+        assert r.updated_at == T0
+        assert not r.possible_duplicate
+
+
+def test_enqueue_keeps_none_message_id_unicode_and_drops_duplicate_numbers(queue: Queue) -> None:
+    message = replace(msg(B, A, B), message_id=None, text="Grüße 🚨")
+    entry = queue.get(queue.enqueue(message))
+    assert entry.message_id is None
+    assert entry.text == "Grüße 🚨"
+    assert [r.number for r in entry.recipients] == [B, A]
+
+
+def test_enqueue_without_recipients_is_a_bug(queue: Queue) -> None:
+    with pytest.raises(ValueError, match="recipient"):
+        queue.enqueue(replace(msg(A), recipients=()))
+
+
+def test_enqueued_row_is_committed_and_seen_by_another_connection(queue: Queue, path: Path) -> None:
+    queue_id = queue.enqueue(msg(A))
+    assert not queue._conn.in_transaction
+    other = sqlite3.connect(path)
+    try:
+        assert other.execute("SELECT id FROM messages").fetchall() == [(queue_id,)]
+    finally:
+        other.close()
+
+
+def test_enqueue_survives_a_process_that_dies_without_closing(path: Path) -> None:
+    code = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from mail2sms.models import NewMessage\n"
+        "from mail2sms.queue import Queue\n"
+        "q = Queue(Path(sys.argv[1]))\n"
+        "m = NewMessage('a@example.com', 'a@example.com', 's', None, ('+61412345678',),"
+        " 'text', 'Me', 1.0, 10, '')\n"
+        "print(q.enqueue(m), flush=True)\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    with Queue(path) as q:
+        assert q.get(done.stdout.strip()).text == "text"
+
+
+def test_enqueue_while_another_writer_holds_the_lock_is_unavailable(path: Path) -> None:
+    Queue(path).close()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with Queue(path, busy_timeout=0.0) as q:
+            with pytest.raises(QueueUnavailableError, match="locked"):
+                q.enqueue(msg(A))
+            assert not q._conn.in_transaction
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with Queue(path) as q:
+        assert q.entries(include_finished=True) == []
+
+
+# ---- claim -----------------------------------------------------------------------------
+
+
+def test_claim_respects_due_time(queue: Queue) -> None:
+    queue.enqueue(msg(A, at=T0 + 10))
+    assert queue.claim(now=T0, lease=LEASE, limit=10) == []
+    assert queue.next_due() == T0 + 10
+    jobs = queue.claim(now=T0 + 10, lease=LEASE, limit=10)
+    assert [j.recipients for j in jobs] == [(A,)]
+
+
+def test_claim_groups_per_message_oldest_first_up_to_limit(queue: Queue) -> None:
+    second = queue.enqueue(msg(C, at=T0 + 2, text="second"))
+    first = queue.enqueue(msg(A, B, at=T0 + 1, text="first"))
+    third = queue.enqueue(msg(A, at=T0 + 3, text="third"))
+    jobs = queue.claim(now=T0 + 5, lease=LEASE, limit=2)
+    assert [j.queue_id for j in jobs] == [first, second]
+    job = jobs[0]
+    assert job.recipients == (A, B)
+    assert job.text == "first"
+    assert job.sender_id == "MyBrand"
+    assert job.envelope_from == "alerts@example.com"
+    assert job.subject == f"{A} {B}"
+    assert job.received_at == T0 + 1
+    assert job.attempts == 1
+    assert [j.queue_id for j in queue.claim(now=T0 + 5, lease=LEASE, limit=2)] == [third]
+    assert queue.claim(now=T0 + 5, lease=LEASE, limit=2) == []
+    assert queue.claim(now=T0 + 5, lease=LEASE, limit=0) == []
+
+
+def test_claim_marks_inflight_with_lease_and_attempt(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A))
+    queue.claim(now=T0 + 1, lease=LEASE, limit=1)
+    (r,) = queue.get(queue_id).recipients
+    assert r.state is RecipientState.INFLIGHT
+    assert r.attempts == 1
+    assert r.updated_at == T0 + 1
+    lease_until = queue._conn.execute("SELECT lease_until FROM recipients").fetchone()[0]
+    assert lease_until == T0 + 1 + LEASE
+    assert queue.next_due() is None
+
+
+def test_claimed_recipient_is_not_claimed_again_until_the_lease_expires(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A))
+    assert len(queue.claim(now=T0, lease=LEASE, limit=5)) == 1
+    assert queue.claim(now=T0 + LEASE, lease=LEASE, limit=5) == []  # lease_until is not < now
+    (job,) = queue.claim(now=T0 + LEASE + 1, lease=LEASE, limit=5)  # the worker died
+    assert job.queue_id == queue_id
+    assert job.attempts == 2
+    (r,) = queue.get(queue_id).recipients
+    assert r.possible_duplicate
+
+
+def test_claim_takes_only_the_due_recipients_of_a_message(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B, C))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.mark_sent(queue_id, [A], now=T0 + 1)
+    queue.mark_retry(queue_id, [B], now=T0 + 1, at=T0 + 100, error="busy")
+    queue.mark_retry(queue_id, [C], now=T0 + 1, at=T0 + 50, error="busy")
+    assert queue.next_due() == T0 + 50
+    (job,) = queue.claim(now=T0 + 60, lease=LEASE, limit=1)
+    assert job.recipients == (C,)
+    assert job.attempts == 2
+
+
+def test_attempts_is_the_highest_among_claimed_recipients(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.mark_retry(queue_id, [A], now=T0, at=T0 + 1, error="busy")
+    queue.mark_retry(queue_id, [B], now=T0, at=T0 + 1, error="busy")
+    queue.claim(now=T0 + 1, lease=LEASE, limit=1)
+    queue.mark_retry(queue_id, [A], now=T0 + 1, at=T0 + 2, error="busy")
+    queue.mark_retry(queue_id, [B], now=T0 + 1, at=T0 + 9, error="busy")
+    queue.claim(now=T0 + 2, lease=LEASE, limit=1)  # A only: 3 attempts
+    queue.mark_retry(queue_id, [A], now=T0 + 2, at=T0 + 9, error="busy")
+    (job,) = queue.claim(now=T0 + 9, lease=LEASE, limit=1)
+    assert job.recipients == (A, B)
+    assert job.attempts == 4
+
+
+def test_two_claimers_never_get_the_same_recipient(path: Path) -> None:
+    with Queue(path) as q:
+        for i in range(30):
+            q.enqueue(msg(A, B, at=T0 + i))
+    claimed: list[list[tuple[str, str]]] = [[], []]
+
+    def worker(slot: int) -> None:
+        with Queue(path) as q:
+            while jobs := q.claim(now=T0 + 100, lease=LEASE, limit=3):
+                claimed[slot].extend((j.queue_id, n) for j in jobs for n in j.recipients)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    together = claimed[0] + claimed[1]
+    assert len(together) == 60
+    assert len(set(together)) == 60
+
+
+# ---- outcomes --------------------------------------------------------------------------
+
+
+def test_mark_sent_records_provider_refs(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.mark_sent(queue_id, [A, B], now=T0 + 2, provider_refs={A: "ref-1", B: None})
+    entry = queue.get(queue_id)
+    assert entry.state == "sent"
+    assert [(r.state, r.provider_ref, r.updated_at) for r in entry.recipients] == [
+        (RecipientState.SENT, "ref-1", T0 + 2),
+        (RecipientState.SENT, None, T0 + 2),
+    ]
+    assert queue.next_due() is None
+    assert queue.claim(now=T0 + 1000, lease=LEASE, limit=5) == []
+
+
+def test_mark_retry_waits_until_at_and_keeps_the_error(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.mark_retry(queue_id, [A], now=T0 + 1, at=T0 + 30, error="HTTP 503")
+    (r,) = queue.get(queue_id).recipients
+    assert (r.state, r.next_attempt_at, r.last_error, r.attempts) == (
+        RecipientState.PENDING,
+        T0 + 30,
+        "HTTP 503",
+        1,
+    )
+    assert queue.claim(now=T0 + 29, lease=LEASE, limit=1) == []
+    assert len(queue.claim(now=T0 + 30, lease=LEASE, limit=1)) == 1
+
+
+def test_mark_failed_ends_the_recipient(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.mark_failed(queue_id, [A], now=T0 + 1, error="invalid number")
+    entry = queue.get(queue_id)
+    assert entry.state == "failed"
+    assert entry.recipients[0].last_error == "invalid number"
+    assert queue.claim(now=T0 + 10_000, lease=LEASE, limit=1) == []
+
+
+def test_some_sent_some_failed_is_partial(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B, C))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.mark_sent(queue_id, [A], now=T0 + 1)
+    queue.mark_failed(queue_id, [B], now=T0 + 1, error="blocked")
+    assert queue.get(queue_id).state == "pending"  # C is still inflight
+    queue.mark_retry(queue_id, [C], now=T0 + 1, at=T0 + 5, error="busy")
+    assert queue.get(queue_id).state == "pending"
+    queue.claim(now=T0 + 5, lease=LEASE, limit=1)
+    queue.mark_sent(queue_id, [C], now=T0 + 6)
+    assert queue.get(queue_id).state == "partial"
+
+
+def test_marks_only_touch_recipients_inflight_for_that_message(queue: Queue) -> None:
+    first = queue.enqueue(msg(A, B))
+    other = queue.enqueue(msg(A, at=T0 + 1))
+    queue.claim(now=T0, lease=LEASE, limit=1)  # only `first` is due
+    queue.mark_sent(other, [A], now=T0 + 1)  # pending, not inflight: ignored
+    queue.mark_failed(first, [C], now=T0 + 1, error="x")  # not a recipient: ignored
+    queue.mark_sent(first, [A], now=T0 + 1)
+    queue.mark_retry(first, [A], now=T0 + 2, at=T0 + 3, error="late")  # already sent: ignored
+    assert queue.get(other).recipients[0].state is RecipientState.PENDING
+    states = [r.state for r in queue.get(first).recipients]
+    assert states == [RecipientState.SENT, RecipientState.INFLIGHT]
+
+
+def test_marks_after_an_admin_deleted_the_message_are_no_ops(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.delete(queue_id)
+    queue.mark_sent(queue_id, [A], now=T0 + 1, provider_refs={A: "r"})
+    queue.mark_retry(queue_id, [A], now=T0 + 1, at=T0 + 2, error="x")
+    queue.mark_failed(queue_id, [A], now=T0 + 1, error="x")
+    assert queue.counts() == {"pending": 0, "inflight": 0, "sent": 0, "failed": 0}
+
+
+# ---- restart ---------------------------------------------------------------------------
+
+
+def test_recover_makes_inflight_pending_due_now(path: Path) -> None:
+    with Queue(path) as crashed:
+        first = crashed.enqueue(msg(A, B))
+        second = crashed.enqueue(msg(C, at=T0 + 1))
+        untouched = crashed.enqueue(msg(A, at=T0 + 50))
+        crashed.claim(now=T0 + 2, lease=LEASE, limit=5)
+        crashed.mark_sent(second, [C], now=T0 + 3)
+    with Queue(path) as q:
+        assert q.recover(now=T0 + 10) == 2
+        assert q.recover(now=T0 + 10) == 0
+        for r in q.get(first).recipients:
+            assert (r.state, r.next_attempt_at, r.possible_duplicate, r.attempts) == (
+                RecipientState.PENDING,
+                T0 + 10,
+                True,
+                1,
+            )
+        assert not q.get(second).recipients[0].possible_duplicate
+        assert not q.get(untouched).recipients[0].possible_duplicate
+        (job,) = q.claim(now=T0 + 10, lease=LEASE, limit=5)
+        assert (job.queue_id, job.recipients, job.attempts) == (first, (A, B), 2)
+
+
+# ---- administration --------------------------------------------------------------------
+
+
+def test_unknown_ids_raise_not_found(queue: Queue) -> None:
+    with pytest.raises(NotFoundError, match="NOSUCHID"):
+        queue.get("NOSUCHID")
+    with pytest.raises(NotFoundError):
+        queue.retry_now("NOSUCHID", now=T0)
+    with pytest.raises(NotFoundError):
+        queue.delete("NOSUCHID")
+
+
+def test_retry_now_makes_pending_recipients_due(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.mark_retry(queue_id, [A], now=T0, at=T0 + 900, error="busy")
+    queue.mark_sent(queue_id, [B], now=T0)
+    assert queue.retry_now(queue_id, now=T0 + 5) == 1
+    assert queue.next_due() == T0 + 5
+    (job,) = queue.claim(now=T0 + 5, lease=LEASE, limit=1)
+    assert job.recipients == (A,)
+    queue.mark_sent(queue_id, [A], now=T0 + 6)
+    assert queue.retry_now(queue_id, now=T0 + 7) == 0
+
+
+def test_delete_removes_message_and_recipients(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B))
+    kept = queue.enqueue(msg(C))
+    queue.delete(queue_id)
+    with pytest.raises(NotFoundError):
+        queue.get(queue_id)
+    assert queue.counts()["pending"] == 1
+    assert queue.get(kept).recipients[0].number == C
+
+
+def test_entries_lists_unfinished_unless_asked_for_all(queue: Queue) -> None:
+    done = queue.enqueue(msg(A, at=T0))
+    waiting = queue.enqueue(msg(A, B, at=T0 + 2))
+    working = queue.enqueue(msg(C, at=T0 + 1))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.mark_sent(done, [A], now=T0)
+    queue.claim(now=T0 + 1, lease=LEASE, limit=1)  # `working` is inflight
+    assert [e.id for e in queue.entries()] == [working, waiting]
+    every = queue.entries(include_finished=True)
+    assert [e.id for e in every] == [done, working, waiting]
+    assert [e.state for e in every] == ["sent", "pending", "pending"]
+    assert [len(e.recipients) for e in every] == [1, 1, 2]
+
+
+def test_counts_per_state(queue: Queue) -> None:
+    assert queue.counts() == {"pending": 0, "inflight": 0, "sent": 0, "failed": 0}
+    queue_id = queue.enqueue(msg(A, B, C))
+    queue.enqueue(msg(A, at=T0 + 1))
+    queue.claim(now=T0, lease=LEASE, limit=1)
+    queue.mark_sent(queue_id, [A], now=T0)
+    queue.mark_failed(queue_id, [B], now=T0, error="x")
+    assert queue.counts() == {"pending": 1, "inflight": 1, "sent": 1, "failed": 1}
+
+
+def test_daemon_and_cli_use_the_same_file_at_once(path: Path) -> None:
+    with Queue(path) as daemon, Queue(path) as cli:
+        queue_id = daemon.enqueue(msg(A))
+        assert [e.id for e in cli.entries()] == [queue_id]
+        daemon.claim(now=T0, lease=LEASE, limit=1)
+        assert cli.get(queue_id).recipients[0].state is RecipientState.INFLIGHT
+        cli.delete(queue_id)
+        daemon.mark_sent(queue_id, [A], now=T0 + 1)
+        assert daemon.entries(include_finished=True) == []
+        # a reader's open snapshot does not block the writer (WAL)
+        cli._conn.execute("BEGIN")
+        cli._conn.execute("SELECT COUNT(*) FROM messages").fetchone()
+        second = daemon.enqueue(msg(B))
+        cli._conn.execute("COMMIT")
+        assert cli.get(second).recipients[0].number == B
+
+
+def test_a_closed_queue_is_unavailable(path: Path) -> None:
+    q = Queue(path)
+    q.close()
+    with pytest.raises(QueueUnavailableError, match="closed"):
+        q.counts()
+
+
+# ---- async facade ----------------------------------------------------------------------
+
+
+def test_async_queue_mirrors_every_queue_method() -> None:
+    public = [n for n, f in vars(Queue).items() if callable(f) and not n.startswith("_")]
+    for name in public:
+        sync, coro = getattr(Queue, name), getattr(AsyncQueue, name)
+        assert inspect.iscoroutinefunction(coro), name
+        if name != "close":
+            assert inspect.signature(coro) == inspect.signature(sync), name
+
+
+@pytest.mark.anyio
+async def test_async_queue_round_trip(path: Path) -> None:
+    aq = await AsyncQueue.open(path)
+    try:
+        queue_id = await aq.enqueue(msg(A, B))
+        assert await aq.next_due() == T0
+        (job,) = await aq.claim(now=T0, lease=LEASE, limit=5)
+        assert job.queue_id == queue_id
+        await aq.mark_sent(queue_id, [A], now=T0 + 1, provider_refs={A: "r1"})
+        await aq.mark_retry(queue_id, [B], now=T0 + 1, at=T0 + 60, error="busy")
+        assert await aq.counts() == {"pending": 1, "inflight": 0, "sent": 1, "failed": 0}
+        assert await aq.retry_now(queue_id, now=T0 + 2) == 1
+        await aq.claim(now=T0 + 2, lease=LEASE, limit=5)
+        await aq.mark_failed(queue_id, [B], now=T0 + 3, error="refused")
+        entry = await aq.get(queue_id)
+        assert entry.state == "partial"
+        assert await aq.entries() == []
+        assert [e.id for e in await aq.entries(include_finished=True)] == [queue_id]
+        assert await aq.recover(T0 + 4) == 0
+        await aq.delete(queue_id)
+        with pytest.raises(NotFoundError):
+            await aq.get(queue_id)
+    finally:
+        await aq.close()
+    await aq.close()  # idempotent
+    with pytest.raises(QueueUnavailableError, match="closed"):
+        await aq.counts()
+
+
+@pytest.mark.anyio
+async def test_async_queue_open_failure_is_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(QueueUnavailableError):
+        await AsyncQueue.open(blocker / "queue.sqlite3")
