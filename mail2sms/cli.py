@@ -13,14 +13,18 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mail2sms import __version__
 from mail2sms.config import Settings, load_config
 from mail2sms.errors import ConfigError, NotFoundError, QueueError
+
+if TYPE_CHECKING:  # the queue module is imported only by the queue commands
+    from mail2sms.queue import Queue
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -159,63 +163,78 @@ def cmd_queue(path: Path, args: argparse.Namespace) -> int:
     except QueueError as error:
         print(f"mail2sms: {error}", file=sys.stderr)
         return EX_TEMPFAIL
-    now = time.time()
+    command = _QUEUE_COMMANDS.get(args.queue_command)
+    if command is None:
+        queue.close()
+        return EX_USAGE
     try:
-        if args.queue_command == "list":
-            entries = queue.entries(include_finished=args.all)
-            if args.json:
-                for entry in entries:
-                    print(json.dumps(asdict(entry) | {"state": entry.state}, default=str))
-                return EX_OK
-            if not entries:
-                print("queue is empty")
-                return EX_OK
-            print(f"{'ID':<18} {'AGE':>5} {'STATE':<8} {'TRIES':>5}  SENDER -> RECIPIENTS")
-            for entry in entries:
-                tries = max((r.attempts for r in entry.recipients), default=0)
-                numbers = ", ".join(r.number for r in entry.recipients)
-                print(
-                    f"{entry.id:<18} {_age(entry.received_at, now):>5} {entry.state:<8} "
-                    f"{tries:>5}  {entry.envelope_from} -> {numbers}"
-                )
-                errors = {r.last_error for r in entry.recipients if r.last_error}
-                for error in sorted(errors):
-                    print(f"{'':>18} last error: {error}")
-            return EX_OK
-        if args.queue_command == "show":
-            entry = queue.get(args.queue_id)
-            if args.json:
-                print(json.dumps(asdict(entry) | {"state": entry.state}, default=str, indent=2))
-                return EX_OK
-            print(f"id:        {entry.id}")
-            print(f"state:     {entry.state}")
-            print(f"received:  {_when(entry.received_at)} ({_age(entry.received_at, now)} ago)")
-            print(f"sender:    {entry.envelope_from}")
-            print(f"from:      {entry.from_header}")
-            print(f"subject:   {entry.subject}")
-            print(f"sender id: {entry.sender_id}")
-            print(f"text:      {entry.text}")
-            for r in entry.recipients:
-                print(
-                    f"  {r.number:<16} {r.state:<9} tries={r.attempts} "
-                    f"next={_when(r.next_attempt_at)} ref={r.provider_ref or '-'}"
-                    + (f" error={r.last_error}" if r.last_error else "")
-                )
-            return EX_OK
-        if args.queue_command == "retry":
-            count = queue.retry_now(args.queue_id, now=now)
-            print(f"{args.queue_id}: {count} recipient(s) due now")
-            return EX_OK
-        if args.queue_command == "delete":
-            queue.delete(args.queue_id)
-            print(f"{args.queue_id}: deleted")
-            return EX_OK
+        command(queue, args, time.time())
     except NotFoundError:
         print(f"mail2sms: no queued message with id {args.queue_id!r}", file=sys.stderr)
         return EX_FAILURE
     finally:
         queue.close()
-    return EX_USAGE
+    return EX_OK
+
+
+def _queue_list(queue: Queue, args: argparse.Namespace, now: float) -> None:
+    entries = queue.entries(include_finished=args.all)
+    if args.json:
+        for entry in entries:
+            print(json.dumps(asdict(entry) | {"state": entry.state}, default=str))
+        return
+    if not entries:
+        print("queue is empty")
+        return
+    print(f"{'ID':<18} {'AGE':>5} {'STATE':<8} {'TRIES':>5}  SENDER -> RECIPIENTS")
+    for entry in entries:
+        tries = max((r.attempts for r in entry.recipients), default=0)
+        numbers = ", ".join(r.number for r in entry.recipients)
+        print(
+            f"{entry.id:<18} {_age(entry.received_at, now):>5} {entry.state:<8} "
+            f"{tries:>5}  {entry.envelope_from} -> {numbers}"
+        )
+        for last_error in sorted({r.last_error for r in entry.recipients if r.last_error}):
+            print(f"{'':>18} last error: {last_error}")
+
+
+def _queue_show(queue: Queue, args: argparse.Namespace, now: float) -> None:
+    entry = queue.get(args.queue_id)
+    if args.json:
+        print(json.dumps(asdict(entry) | {"state": entry.state}, default=str, indent=2))
+        return
+    print(f"id:        {entry.id}")
+    print(f"state:     {entry.state}")
+    print(f"received:  {_when(entry.received_at)} ({_age(entry.received_at, now)} ago)")
+    print(f"sender:    {entry.envelope_from}")
+    print(f"from:      {entry.from_header}")
+    print(f"subject:   {entry.subject}")
+    print(f"sender id: {entry.sender_id}")
+    print(f"text:      {entry.text}")
+    for r in entry.recipients:
+        print(
+            f"  {r.number:<16} {r.state:<9} tries={r.attempts} "
+            f"next={_when(r.next_attempt_at)} ref={r.provider_ref or '-'}"
+            + (f" error={r.last_error}" if r.last_error else "")
+        )
+
+
+def _queue_retry(queue: Queue, args: argparse.Namespace, now: float) -> None:
+    count = queue.retry_now(args.queue_id, now=now)
+    print(f"{args.queue_id}: {count} recipient(s) due now")
+
+
+def _queue_delete(queue: Queue, args: argparse.Namespace, _now: float) -> None:
+    queue.delete(args.queue_id)
+    print(f"{args.queue_id}: deleted")
+
+
+_QUEUE_COMMANDS: dict[str, Callable[[Queue, argparse.Namespace, float], None]] = {
+    "list": _queue_list,
+    "show": _queue_show,
+    "retry": _queue_retry,
+    "delete": _queue_delete,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,7 +47,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 def parse_duration(value: object) -> float:
     """Read seconds from a number or a string such as ``"90s"``, ``"5m"``, ``"1h30m"``."""
     if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string such as '30s'")
+        raise ValueError(  # noqa: TRY004  pydantic turns only ValueError into a field error
+            "a duration is a number of seconds or a string such as '30s'"
+        )
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
@@ -62,7 +64,9 @@ def parse_duration(value: object) -> float:
                 )
             seconds = sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in parts)
     else:
-        raise ValueError("a duration is a number of seconds or a string such as '30s'")
+        raise ValueError(  # noqa: TRY004  pydantic turns only ValueError into a field error
+            "a duration is a number of seconds or a string such as '30s'"
+        )
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -87,7 +91,9 @@ def parse_host_port(value: object) -> HostPort:
     if isinstance(value, HostPort):
         return value
     if not isinstance(value, str):
-        raise ValueError("expected 'host:port', e.g. '127.0.0.1:2525'")
+        raise ValueError(  # noqa: TRY004  pydantic turns only ValueError into a field error
+            "expected 'host:port', e.g. '127.0.0.1:2525'"
+        )
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", value.strip())
     if not match:
         raise ValueError(f"{value!r} is not 'host:port', e.g. '127.0.0.1:2525' or '[::1]:2525'")
@@ -322,7 +328,7 @@ class Settings(BaseSettings):
 
 
 def _credential_token() -> str | None:
-    """systemd's LoadCredential= puts the token in a file only the service can read."""
+    """Systemd's LoadCredential= puts the token in a file only the service can read."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
@@ -358,20 +364,7 @@ def load_config(path: Path) -> Settings:
 
     Environment overrides (``MAIL2SMS_<SECTION>__<KEY>``) are read from ``os.environ``.
     """
-    try:
-        with path.open("rb") as handle:
-            data: dict[str, Any] = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except IsADirectoryError:
-        raise ConfigError([f"{path}: is a directory, not a config file"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    for section, value in data.items():
-        if not isinstance(value, dict):
-            raise ConfigError([f"{section}: expected a [{section}] table"])
+    data = _read_toml(path)
     provider = data.setdefault("provider", {})
     env_token = any(k.upper() == f"{ENV_PREFIX}PROVIDER__TOKEN" for k in os.environ)
     if "token" not in provider and not env_token:
@@ -388,7 +381,28 @@ def load_config(path: Path) -> Settings:
         where = field.group(1) if field else "?"
         raise ConfigError(
             [
-                f"{where}: a {ENV_PREFIX}{where.upper()}__* environment variable is not valid: "
-                "lists and tables are written as JSON, e.g. '[\"a@example.com\"]'"
+                (
+                    f"{where}: a {ENV_PREFIX}{where.upper()}__* environment variable is not "
+                    "valid: lists and tables are written as JSON, e.g. '[\"a@example.com\"]'"
+                )
             ]
         ) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's tables, or a ConfigError a person can act on (never a traceback)."""
+    try:
+        with path.open("rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a config file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    for section, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError([f"{section}: expected a [{section}] table"])
+    return data

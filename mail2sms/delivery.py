@@ -9,6 +9,7 @@ the next start's recovery) hands them out again: at-least-once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ def backoff(
     The jitter keeps half the delay fixed and randomises the other half, so a burst of
     failures does not come back as a burst. A provider's Retry-After is a floor.
     """
-    base = min(maximum, initial * 2 ** max(0, attempts - 1))
+    base = min(maximum, initial * 2.0 ** max(0, attempts - 1))
     delay = base / 2 + rng() * base / 2
     return max(delay, retry_after or 0.0)
 
@@ -105,10 +106,8 @@ class Delivery:
                 timeout = min(IDLE_POLL, max(0.0, due - self.clock()))
         if self._stopping:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
@@ -152,7 +151,7 @@ class Delivery:
         try:
             results = await self.provider.send(batch)
         except ProviderAccountError as exc:
-            log.error(
+            log.error(  # noqa: TRY400  an expected condition: the traceback would be noise
                 "provider_account_error",
                 queue_id=job.queue_id,
                 provider=self.provider.name,
@@ -167,7 +166,7 @@ class Delivery:
         except PermanentProviderError as exc:
             await self._fail(job, numbers, str(exc))
             return
-        except Exception as exc:  # noqa: BLE001  a provider bug must not lose the message
+        except Exception as exc:
             log.exception("provider_crashed", queue_id=job.queue_id, provider=self.provider.name)
             await self._retry(job, numbers, f"internal error: {type(exc).__name__}", None)
             return

@@ -17,8 +17,11 @@ import structlog
 
 from mail2sms.addressing import mask_number
 
-SECRET_KEYS = re.compile(r"token|password|secret|authorization|api_key|application_key", re.I)
+SECRET_KEYS = re.compile(
+    r"token|password|secret|authorization|api_key|application_key", re.IGNORECASE
+)
 NUMBER_KEYS = frozenset({"to", "number", "numbers", "recipient", "recipients"})
+_MASKED_KEYS = NUMBER_KEYS | {"event", "error", "detail", "exception"}
 _E164 = re.compile(r"\+\d{6,15}")
 
 
@@ -38,16 +41,14 @@ class _Redactor:
 
     def __call__(
         self,
-        _logger: Any,
+        _logger: object,
         _name: str,
-        event: MutableMapping[str, Any],  # noqa: ANN401
+        event: MutableMapping[str, Any],
     ) -> MutableMapping[str, Any]:
         for key in list(event):
             if SECRET_KEYS.search(key):
                 event[key] = "[redacted]"
-            elif not self.show_numbers and (key in NUMBER_KEYS or key == "event"):
-                event[key] = _mask_value(event[key])
-            elif not self.show_numbers and key in {"error", "detail", "exception"}:
+            elif not self.show_numbers and key in _MASKED_KEYS:
                 event[key] = _mask_value(event[key])
         return event
 

@@ -23,7 +23,6 @@ from mail2sms.errors import (
     MailRefusedError,
     QueueError,
     SenderRefusedError,
-    TooLongError,
 )
 from mail2sms.log import get_logger
 from mail2sms.mail_parse import header_block, parse_mail
@@ -49,7 +48,7 @@ _AIOSMTPD_TOO_BIG = (
 )
 
 
-class GatewaySMTP(SMTP):  # type: ignore[misc]  aiosmtpd ships no type information
+class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with our size replies and a registry of live sessions."""
 
     def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:  # noqa: ANN401
@@ -274,7 +273,7 @@ class GatewayHandler:
         ]
         try:
             message = await asyncio.to_thread(
-                build_message, raw, envelope.mail_from, targets, policy, self.clock()
+                build_message, raw, envelope.mail_from or "", targets, policy, self.clock()
             )
         except MailRefusedError as refused:
             log.info("smtp_refused", stage="DATA", reply=refused.reply, peer=_peer(session))
@@ -304,10 +303,10 @@ class GatewayHandler:
         log.error("smtp_exception", error_type=type(error).__name__, exc_info=error)
         return TEMPORARY_ERROR
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, grace: float) -> bool:
         """Wait for DATA transactions in progress to finish; False if the time ran out."""
         try:
-            await asyncio.wait_for(self.idle.wait(), timeout)
+            await asyncio.wait_for(self.idle.wait(), grace)
         except TimeoutError:
             return False
         return True

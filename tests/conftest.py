@@ -106,7 +106,7 @@ def read_outbox(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-async def poll(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:  # noqa: ANN401
+async def poll(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
     """Wait until ``condition()`` (sync or async) is truthy, with a deadline (no blind sleeps)."""
     import inspect  # noqa: PLC0415
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -83,10 +84,8 @@ class Daemon:
         for line in stream:
             with self._cond:
                 self.raw.append(line)
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     self.events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()

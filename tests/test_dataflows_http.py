@@ -14,7 +14,7 @@ from mail2sms.errors import PermanentProviderError, ProviderAccountError, Transi
 from mail2sms.models import Outcome, SmsBatch
 from mail2sms.providers.dataflows import DataFlowsProvider
 
-TOKEN = "22|httpTestToken0123456789abcdefghijklmnopqr"  # noqa: S105  a test token
+TOKEN = "22|httpTestToken0123456789abcdefghijklmnopqr"
 WRONG = "22|wrongToken"
 A, B, BAD = "+61412345678", "+61498765432", "+61411111111"
 

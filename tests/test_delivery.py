@@ -224,7 +224,7 @@ async def test_partial_results_per_recipient(queue, run_delivery):
 
 
 async def test_missing_result_for_a_number_is_retried_not_lost(queue, run_delivery):
-    provider = ScriptedProvider([lambda batch: [], Outcome.SENT])
+    provider = ScriptedProvider([lambda _batch: [], Outcome.SENT])
     queue_id = await queue.enqueue(message("+61412345678"))
     run_delivery(provider)
     await wait_state(queue, queue_id, lambda s: s["+61412345678"] is RecipientState.SENT)

@@ -30,7 +30,7 @@ async def test_mail_becomes_one_dataflows_request_with_every_field(
     )
     assert replies[-1][0] == 250
     queue_id = replies[-1][1].rsplit(" ", 1)[1]
-    fake_dataflows.wait_for_sent(2)
+    await fake_dataflows.until_sent(2)
     posts = [r for r in fake_dataflows.requests if r.method == "POST"]
     assert len(posts) == 1
     request = posts[0]
@@ -69,7 +69,7 @@ async def test_transient_failures_then_success_delivers_exactly_once(
         app.smtp_port, ALLOWED, [f"+61412345678@{DOMAIN}"], make_mail(body="Door open")
     )
     assert replies[-1][0] == 250
-    sent = fake_dataflows.wait_for_sent(1)
+    sent = await fake_dataflows.until_sent(1)
     assert [s[0] for s in sent] == ["61412345678"]
     assert len([r for r in fake_dataflows.requests if r.method == "POST"]) == 3
     queue_id = replies[-1][1].rsplit(" ", 1)[1]
@@ -117,7 +117,7 @@ async def test_150_recipients_go_in_requests_of_at_most_100(
         app.smtp_port, ALLOWED, [GATEWAY], make_mail(subject=",".join(numbers))
     )
     assert replies[-1][0] == 250, replies
-    fake_dataflows.wait_for_sent(150)
+    await fake_dataflows.until_sent(150)
     posts = [r for r in fake_dataflows.requests if r.method == "POST"]
     assert [len(p.body["recipient"].split(",")) for p in posts] == [100, 50]
 

@@ -30,7 +30,7 @@ from mail2sms.providers.outbox import OutboxProvider
 if typing.TYPE_CHECKING:
     from pathlib import Path
 
-TOKEN = "22|mockSecretToken0123456789ABCDEFGHIJKLMNOP"  # noqa: S105  a test token
+TOKEN = "22|mockSecretToken0123456789ABCDEFGHIJKLMNOP"
 SECRET = TOKEN.split("|")[1]
 A, B, C, D = "+61412345678", "+61498765432", "+61411111111", "+61422222222"
 

@@ -18,6 +18,7 @@ Scripting: ``fail_next(count, status=…, body=…)``, ``down = True`` (every re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -37,7 +38,7 @@ from urllib.parse import parse_qsl, urlsplit
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-DEFAULT_TOKEN = "22|fakeDataFlowsToken0123456789abcdefghijklm"  # noqa: S105  a test token
+DEFAULT_TOKEN = "22|fakeDataFlowsToken0123456789abcdefghijklm"
 MAX_BULK = 100
 SMS_TYPES = ("plain", "unicode", "voice", "mms", "whatsapp", "viber", "otp")
 
@@ -205,6 +206,14 @@ class FakeDataFlows:
         """Block until at least ``n`` requests arrived (any answer)."""
         self._wait(lambda: len(self._requests) >= n, timeout, f"{n} requests")
         return self.requests
+
+    async def until_sent(self, n: int, timeout: float = 10.0) -> list[SentSms]:
+        """Async ``wait_for_sent``: waits in a thread so the daemon's event loop keeps running."""
+        return await asyncio.to_thread(self.wait_for_sent, n, timeout)
+
+    async def until_requests(self, n: int, timeout: float = 10.0) -> list[RecordedRequest]:
+        """Async ``wait_for_requests`` for tests running in the daemon's own event loop."""
+        return await asyncio.to_thread(self.wait_for_requests, n, timeout)
 
     def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         with self._lock:
