@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 
 import httpx
 
 from mail2sms import __version__
+from mail2sms.bounce import Bouncer, RelayClient
 from mail2sms.config import Settings
 from mail2sms.delivery import Delivery
 from mail2sms.log import get_logger
@@ -22,6 +24,8 @@ from mail2sms.queue import AsyncQueue
 from mail2sms.smtp import GatewayHandler, Policy, start_server
 
 log = get_logger(__name__)
+
+PRUNE_EVERY = 3600.0  # seconds between retention passes
 
 
 class App:
@@ -35,7 +39,9 @@ class App:
         self.delivery: Delivery | None = None
         self.handler: GatewayHandler | None = None
         self.server: asyncio.Server | None = None
-        self._delivery_task: asyncio.Task[None] | None = None
+        self.bouncer: Bouncer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     @property
     def smtp_port(self) -> int:
@@ -66,13 +72,19 @@ class App:
             follow_redirects=False,
         )
         self.provider = build_provider(settings.provider, self.client)
+        self.bouncer = self._build_bouncer(self.queue)
         self.delivery = Delivery(
             queue=self.queue,
             provider=self.provider,
             config=settings.delivery,
             request_timeout=settings.provider.timeout,
+            on_failed=self.bouncer.wake,
         )
-        self._delivery_task = asyncio.create_task(self.delivery.run(), name="delivery")
+        self._tasks = [
+            asyncio.create_task(self.delivery.run(), name="delivery"),
+            asyncio.create_task(self.bouncer.run(), name="bouncer"),
+            asyncio.create_task(self._prune_forever(self.queue), name="prune"),
+        ]
         self.handler = GatewayHandler(
             Policy.from_settings(settings), self.queue, on_queued=lambda _id: self._wake()
         )
@@ -89,6 +101,31 @@ class App:
             version=__version__,
         )
 
+    def _build_bouncer(self, queue: AsyncQueue) -> Bouncer:
+        settings = self.settings
+        hostname = settings.smtp.hostname
+        relay = settings.bounce.relay
+        return Bouncer(
+            queue=queue,
+            relay=None if relay is None else RelayClient(settings.bounce, helo=hostname),
+            reporting_mta=hostname,
+            from_address=settings.bounce.sender(hostname),
+            recipient_domain=(settings.gateway.domains or [hostname])[0],
+            retry=settings.delivery,
+            clock=time.time,
+            rng=random.random,
+        )
+
+    async def _prune_forever(self, queue: AsyncQueue) -> None:
+        """Delete settled messages older than ``queue.retention``, at start and hourly."""
+        retention = self.settings.queue.retention
+        while not self._stopping.is_set():
+            pruned = await queue.prune(before=time.time() - retention)
+            if pruned:
+                log.info("queue_pruned", messages=pruned, retention_s=retention)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), PRUNE_EVERY)
+
     def _wake(self) -> None:
         if self.delivery is not None:
             self.delivery.wake()
@@ -97,18 +134,8 @@ class App:
         """Stop listening, finish SMTP transactions and sends within a bound, close."""
         grace = self.settings.delivery.shutdown_grace
         log.info("shutting_down", grace_s=grace)
-        if self.server is not None:
-            self.server.close()
-        if self.handler is not None:
-            if not await self.handler.drain(grace):
-                log.warning("shutdown_smtp_transactions_cut")
-            self.handler.close_sessions()
-        if self.delivery is not None:
-            await self.delivery.stop(grace)
-        if self._delivery_task is not None:
-            self._delivery_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._delivery_task
+        await self._stop_intake(grace)
+        await self._stop_workers(grace)
         if self.server is not None:
             await self.server.wait_closed()
         if self.client is not None:
@@ -116,6 +143,28 @@ class App:
         if self.queue is not None:
             await self.queue.close()
         log.info("stopped")
+
+    async def _stop_intake(self, grace: float) -> None:
+        """No new connections; transactions in DATA may finish (and get their 250)."""
+        if self.server is not None:
+            self.server.close()
+        if self.handler is not None:
+            if not await self.handler.drain(grace):
+                log.warning("shutdown_smtp_transactions_cut")
+            self.handler.close_sessions()
+
+    async def _stop_workers(self, grace: float) -> None:
+        """Let sends and the bounce in flight finish within ``grace``; cancel the rest."""
+        self._stopping.set()
+        if self.bouncer is not None:
+            self.bouncer.stop()
+        if self.delivery is not None:
+            await self.delivery.stop(grace)
+        if self._tasks:
+            _done, late = await asyncio.wait(self._tasks, timeout=grace)
+            for task in late:
+                task.cancel()  # leased rows are recovered at the next start
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -24,7 +24,7 @@ from mail2sms.config import Settings, load_config
 from mail2sms.errors import ConfigError, NotFoundError, QueueError
 
 if TYPE_CHECKING:  # the queue module is imported only by the queue commands
-    from mail2sms.queue import Queue
+    from mail2sms.queue import Queue, QueueEntry
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -60,15 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     qlist = qsub.add_parser("list", parents=[common], help="list pending messages")
     qlist.add_argument("--all", action="store_true", help="include finished messages")
     qlist.add_argument("--json", action="store_true", help="one JSON object per message")
+    show = qsub.add_parser("show", parents=[common], help="show one message and its recipients")
+    show.add_argument("queue_id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="as JSON")
+    retry = qsub.add_parser(
+        "retry", parents=[common], help="make waiting recipients and bounces due now"
+    )
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("queue_id", metavar="ID", nargs="?", help="one message")
+    which.add_argument("--all", action="store_true", help="every waiting message")
     for name, text in (
-        ("show", "show one message and its recipients"),
-        ("retry", "make a message's pending recipients due now"),
         ("delete", "delete a message: no SMS, no bounce"),
+        ("bounce", "give up on a message now: its sender gets a bounce"),
     ):
-        action = qsub.add_parser(name, parents=[common], help=text)
-        action.add_argument("queue_id", metavar="ID")
-        if name == "show":
-            action.add_argument("--json", action="store_true", help="as JSON")
+        qsub.add_parser(name, parents=[common], help=text).add_argument("queue_id", metavar="ID")
     return parser
 
 
@@ -177,6 +182,9 @@ def cmd_queue(path: Path, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+GAVE_UP_BY_ADMIN = "delivery was cancelled by the gateway's administrator"
+
+
 def _queue_list(queue: Queue, args: argparse.Namespace, now: float) -> None:
     entries = queue.entries(include_finished=args.all)
     if args.json:
@@ -186,16 +194,18 @@ def _queue_list(queue: Queue, args: argparse.Namespace, now: float) -> None:
     if not entries:
         print("queue is empty")
         return
-    print(f"{'ID':<18} {'AGE':>5} {'STATE':<8} {'TRIES':>5}  SENDER -> RECIPIENTS")
+    print(f"{'ID':<16} {'AGE':>5} {'STATE':<16} {'TRIES':>5} {'NEXT':>5}  SENDER -> RECIPIENTS")
     for entry in entries:
         tries = max((r.attempts for r in entry.recipients), default=0)
         numbers = ", ".join(r.number for r in entry.recipients)
+        waiting = [r.next_attempt_at for r in entry.recipients if r.state == "pending"]
+        next_in = _age(now, min(waiting)) if waiting else "-"
         print(
-            f"{entry.id:<18} {_age(entry.received_at, now):>5} {entry.state:<8} "
-            f"{tries:>5}  {entry.envelope_from} -> {numbers}"
+            f"{entry.id:<16} {_age(entry.received_at, now):>5} {_state(entry):<16} "
+            f"{tries:>5} {next_in:>5}  {entry.envelope_from or '<>'} -> {numbers}"
         )
         for last_error in sorted({r.last_error for r in entry.recipients if r.last_error}):
-            print(f"{'':>18} last error: {last_error}")
+            print(f"{'':>16} last error: {last_error}")
 
 
 def _queue_show(queue: Queue, args: argparse.Namespace, now: float) -> None:
@@ -204,24 +214,45 @@ def _queue_show(queue: Queue, args: argparse.Namespace, now: float) -> None:
         print(json.dumps(asdict(entry) | {"state": entry.state}, default=str, indent=2))
         return
     print(f"id:        {entry.id}")
-    print(f"state:     {entry.state}")
+    print(f"state:     {_state(entry)}")
     print(f"received:  {_when(entry.received_at)} ({_age(entry.received_at, now)} ago)")
     print(f"sender:    {entry.envelope_from}")
     print(f"from:      {entry.from_header}")
     print(f"subject:   {entry.subject}")
     print(f"sender id: {entry.sender_id}")
     print(f"text:      {entry.text}")
+    if entry.bounce_error:
+        print(f"bounce:    {entry.bounce_error}")
     for r in entry.recipients:
         print(
             f"  {r.number:<16} {r.state:<9} tries={r.attempts} "
             f"next={_when(r.next_attempt_at)} ref={r.provider_ref or '-'}"
+            + (f" status={r.dsn_status}" if r.dsn_status else "")
+            + (" possible-duplicate" if r.possible_duplicate else "")
             + (f" error={r.last_error}" if r.last_error else "")
         )
 
 
 def _queue_retry(queue: Queue, args: argparse.Namespace, now: float) -> None:
-    count = queue.retry_now(args.queue_id, now=now)
-    print(f"{args.queue_id}: {count} recipient(s) due now")
+    count = queue.retry_now(None if args.all else args.queue_id, now=now)
+    what = "all messages" if args.all else args.queue_id
+    print(f"{what}: {count} recipient(s) and bounce(s) due now")
+
+
+def _queue_bounce(queue: Queue, args: argparse.Namespace, now: float) -> None:
+    count = queue.give_up(args.queue_id, now=now, reason=GAVE_UP_BY_ADMIN)
+    entry = queue.get(args.queue_id)
+    inflight = sum(r.state == "inflight" for r in entry.recipients)
+    note = f"; {inflight} being sent now, the bounce follows when they finish" if inflight else ""
+    print(f"{args.queue_id}: gave up on {count} recipient(s){note}")
+
+
+def _state(entry: QueueEntry) -> str:
+    """The message's state, with its bounce's when one is owed (``failed, bounced``)."""
+    if entry.bounce_state is None:
+        return entry.state
+    bounce = {"pending": "bounce due", "inflight": "bouncing", "sent": "bounced"}
+    return f"{entry.state}, {bounce.get(entry.bounce_state, 'not bounced')}"
 
 
 def _queue_delete(queue: Queue, args: argparse.Namespace, _now: float) -> None:
@@ -234,6 +265,7 @@ _QUEUE_COMMANDS: dict[str, Callable[[Queue, argparse.Namespace, float], None]] =
     "show": _queue_show,
     "retry": _queue_retry,
     "delete": _queue_delete,
+    "bounce": _queue_bounce,
 }
 
 

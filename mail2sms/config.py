@@ -7,6 +7,7 @@ raises ``ConfigError`` and the CLI decides what to print and which code to exit 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -117,20 +118,40 @@ def _optional_host_port(value: object) -> HostPort | None:
 RelayAddress = Annotated[HostPort | None, NoDecode, BeforeValidator(_optional_host_port)]
 
 
+# Gateways live on internal networks: devices send from names such as ups@panel.local or
+# alarm@[192.0.2.7]. email-validator refuses special-use domains (.local, .internal) even
+# without deliverability checks, so it checks the local part and we check the domain.
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
 def _normalise_email(value: str) -> str:
+    local, at, domain = value.strip().rpartition("@")
+    if not at:
+        raise ValueError(f"{value!r} is not an email address: it needs an @-sign")
     try:
-        checked = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
+        checked = validate_email(f"{local}@example.com", check_deliverability=False)
+        domain = _normalise_domain(domain, literal_ok=True)
+    except (EmailNotValidError, ValueError) as exc:
         raise ValueError(f"{value!r} is not an email address: {exc}") from None
-    return checked.normalized.lower()
+    return f"{checked.local_part}@{domain}".lower()
 
 
-def _normalise_domain(value: str) -> str:
+def _normalise_domain(value: str, *, literal_ok: bool = False) -> str:
     domain = value.strip().lower().rstrip(".")
+    if literal_ok and domain.startswith("[") and domain.endswith("]"):
+        address = domain[1:-1].removeprefix("ipv6:")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address literal") from None
+        return domain
     try:
-        validate_email(f"postmaster@{domain}", check_deliverability=False)
-    except EmailNotValidError:
+        ascii_name = domain.encode("idna").decode("ascii")
+    except UnicodeError:
         raise ValueError(f"{value!r} is not a domain name") from None
+    if len(ascii_name) > 253 or not _HOSTNAME.fullmatch(ascii_name):  # noqa: PLR2004  RFC 1035
+        raise ValueError(f"{value!r} is not a domain name")
     return domain
 
 
@@ -146,6 +167,8 @@ class SmtpConfig(Section):
     listen: ListenAddress = HostPort("127.0.0.1", 2525)
     hostname: str = Field(default_factory=socket.getfqdn, min_length=1)
     max_message_size: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_received: int = Field(default=30, ge=1, le=1000)
+    accept_auto_generated: bool = True
 
 
 class GatewayConfig(Section):
@@ -252,6 +275,8 @@ class QueueConfig(Section):
     """Where the durable queue lives."""
 
     path: Path = Path("var/queue.sqlite3")
+    retention: Duration = Field(default=7 * 86400.0, ge=0)
+    """How long finished messages stay listable (``queue list --all``) before pruning."""
 
 
 class DeliveryConfig(Section):
@@ -279,11 +304,25 @@ class BounceConfig(Section):
 
     relay: RelayAddress = None
     from_: str = Field(default="", alias="from")
+    user: str = ""
+    password: SecretStr | None = None
+    starttls: Literal["auto", "always", "never"] = "auto"
+    timeout: Duration = Field(default=30.0, gt=0)
 
     @field_validator("from_")
     @classmethod
     def _from(cls, value: str) -> str:
         return _normalise_email(value) if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if bool(self.user) != (self.password is not None):
+            raise ValueError("bounce.user and bounce.password are set together or not at all")
+        return self
+
+    def sender(self, hostname: str) -> str:
+        """The bounce's From address: ``bounce.from`` or MAILER-DAEMON at our hostname."""
+        return self.from_ or f"MAILER-DAEMON@{hostname}"
 
 
 class Settings(BaseSettings):
@@ -324,6 +363,12 @@ class Settings(BaseSettings):
             notes.append("senders.allow is empty: every sender will be refused (550 5.7.1)")
         if self.bounce.relay is None:
             notes.append("bounce.relay is empty: failed messages are logged, no bounce is sent")
+        elif (
+            self.bounce.password is not None
+            and self.bounce.starttls == "never"
+            and self.bounce.relay.host not in {"127.0.0.1", "::1", "localhost"}
+        ):
+            notes.append("bounce.password goes to a remote relay without TLS (starttls = never)")
         return notes
 
 

@@ -29,6 +29,9 @@ log = get_logger(__name__)
 
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due (sees CLI retries)
 MIN_LEASE = 300.0
+# RFC 3463 codes a bounce reports: the provider refused this number; retries ran out.
+STATUS_BAD_NUMBER = "5.1.1"
+STATUS_EXPIRED = "4.4.7"
 
 
 def backoff(
@@ -66,8 +69,10 @@ class Delivery:
         request_timeout: float,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        on_failed: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
+        self._on_failed = on_failed or (lambda: None)
         self.provider = provider
         self.config = config
         self.clock = clock
@@ -158,13 +163,14 @@ class Delivery:
                 error=str(exc),
                 hint="check provider.token and the account's balance; mail stays queued",
             )
-            await self._retry(job, numbers, str(exc), exc.retry_after)
+            # never given up on: a wrong token must not bounce every customer's mail
+            await self._retry(job, numbers, str(exc), exc.retry_after, may_give_up=False)
             return
         except TransientProviderError as exc:
             await self._retry(job, numbers, str(exc), exc.retry_after)
             return
         except PermanentProviderError as exc:
-            await self._fail(job, numbers, str(exc))
+            await self._fail(job, numbers, str(exc), exc.status)
             return
         except Exception as exc:
             log.exception("provider_crashed", queue_id=job.queue_id, provider=self.provider.name)
@@ -201,19 +207,29 @@ class Delivery:
                 duration_ms=round(duration * 1000),
             )
         for number in failed:
-            await self._fail(job, (number,), by_number[number].detail or "refused by the provider")
+            detail = by_number[number].detail or "the provider refused this number"
+            await self._fail(job, (number,), detail, STATUS_BAD_NUMBER)
         if retry:
             details = {by_number[n].detail for n in retry if n in by_number} - {""}
             reason = "; ".join(sorted(details)) or "the provider gave no result for it"
             await self._retry(job, retry, reason, None)
 
     async def _retry(
-        self, job: ClaimedJob, numbers: Sequence[str], error: str, retry_after: float | None
+        self,
+        job: ClaimedJob,
+        numbers: Sequence[str],
+        error: str,
+        retry_after: float | None,
+        *,
+        may_give_up: bool = True,
     ) -> None:
         now = self.clock()
-        if now - job.received_at >= self.config.give_up_after:
+        if may_give_up and now - job.received_at >= self.config.give_up_after:
             await self._fail(
-                job, numbers, f"gave up after {job.attempts} attempts; last error: {error}"
+                job,
+                numbers,
+                f"gave up after {job.attempts} attempts; last error: {error}",
+                STATUS_EXPIRED,
             )
             return
         delay = backoff(
@@ -234,8 +250,11 @@ class Delivery:
             error=error,
         )
 
-    async def _fail(self, job: ClaimedJob, numbers: Sequence[str], error: str) -> None:
-        await self.queue.mark_failed(job.queue_id, numbers, now=self.clock(), error=error)
+    async def _fail(self, job: ClaimedJob, numbers: Sequence[str], error: str, status: str) -> None:
+        await self.queue.mark_failed(
+            job.queue_id, numbers, now=self.clock(), error=error, status=status
+        )
+        self._on_failed()
         log.warning(
             "sms_failed",
             queue_id=job.queue_id,

@@ -11,14 +11,19 @@ reply to send, a provider error says whether to retry or bounce.
     │   ├── BadNumberError           550 5.1.3 no usable phone number
     │   ├── EmptyTextError           550 5.6.0 nothing to send
     │   ├── TooLongError             552 5.3.4 text or message too long
-    │   └── UnparseableMailError     554 5.6.0 the MIME structure could not be read
+    │   ├── UnparseableMailError     554 5.6.0 the MIME structure could not be read
+    │   ├── AutoReplyRefusedError    550 5.7.1 a bounce or automatic reply (no loops)
+    │   └── MailLoopError            554 5.4.6 too many Received headers
     ├── QueueError                   the durable queue failed
     │   ├── QueueUnavailableError    cannot commit now (disk, lock): 451 at SMTP time
     │   └── NotFoundError            no queue entry with that id
-    └── ProviderError                an SMS provider call failed as a whole
-        ├── TransientProviderError   try again later (timeouts, 429, 5xx, "try later")
-        │   └── ProviderAccountError the operator's token, balance or plan: keep mail queued
-        └── PermanentProviderError   the provider refused for good: bounce
+    ├── ProviderError                an SMS provider call failed as a whole
+    │   ├── TransientProviderError   try again later (timeouts, 429, 5xx, "try later")
+    │   │   └── ProviderAccountError the operator's token, balance or plan: keep mail queued
+    │   └── PermanentProviderError   the provider refused for good: bounce
+    └── RelayError                   sending a bounce through bounce.relay failed
+        ├── RelayDeferredError       relay unreachable or 4xx: keep the bounce, retry later
+        └── RelayRejectedError       relay refused for good (5xx): log and drop, never re-bounce
 """
 
 from __future__ import annotations
@@ -128,4 +133,34 @@ class ProviderAccountError(TransientProviderError):
 
 
 class PermanentProviderError(ProviderError):
-    """The provider refused for good; the message bounces."""
+    """The provider refused for good; the message bounces with RFC 3463 ``status``."""
+
+    def __init__(self, message: str, *, status: str = "5.0.0") -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class AutoReplyRefusedError(MailRefusedError):
+    """The mail is a bounce or an automatic reply: answering it could start a mail loop."""
+
+    code = 550
+    status = "5.7.1"
+
+
+class MailLoopError(MailRefusedError):
+    """The mail has passed through more hosts than ``smtp.max_received`` allows."""
+
+    code = 554
+    status = "5.4.6"
+
+
+class RelayError(Mail2SmsError):
+    """A bounce could not be handed to ``bounce.relay``."""
+
+
+class RelayDeferredError(RelayError):
+    """The relay could not be reached or answered 4xx: keep the bounce and retry it."""
+
+
+class RelayRejectedError(RelayError):
+    """The relay refused the bounce for good (5xx): log it and drop it, never bounce it."""

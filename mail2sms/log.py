@@ -21,8 +21,10 @@ SECRET_KEYS = re.compile(
     r"token|password|secret|authorization|api_key|application_key", re.IGNORECASE
 )
 NUMBER_KEYS = frozenset({"to", "number", "numbers", "recipient", "recipients"})
-_MASKED_KEYS = NUMBER_KEYS | {"event", "error", "detail", "exception"}
-_E164 = re.compile(r"\+\d{6,15}")
+_MASKED_KEYS = NUMBER_KEYS | {"event", "error", "detail", "exception", "reply"}
+# "+61412345678", and bare digits as providers write them ("61412345678 is a invalid
+# phone number"); not digits inside words or ids.
+_E164 = re.compile(r"(?<![\w+])(?:\+\d{6,15}|\d{8,15})(?!\w)")
 
 
 def _mask_value(value: Any) -> Any:  # noqa: ANN401  log values are of any type

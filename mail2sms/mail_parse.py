@@ -153,6 +153,12 @@ def _parse(raw: bytes) -> MailContent:
         message_id=_message_id(_first(headers, "message-id")),
         date=date,
         body=_body(message),
+        content_type=message.get_content_type(),
+        auto_submitted=_plain_header(_first(headers, "auto-submitted"))
+        .split(";")[0]
+        .strip()
+        .lower(),
+        received=len(headers.get("received", [])),
     )
 
 

@@ -32,6 +32,11 @@ class MailContent:
     message_id: str | None
     date: str | None
     body: str
+    content_type: str = "text/plain"
+    auto_submitted: str = ""
+    """The Auto-Submitted keyword, lower case (``auto-replied``); empty when absent."""
+    received: int = 0
+    """How many Received: headers the mail carries (hops it has passed)."""
 
 
 class SmsEncoding(StrEnum):
@@ -120,3 +125,36 @@ class RecipientResult:
     outcome: Outcome
     detail: str = ""
     provider_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRecipient:
+    """One number a bounce reports: RFC 3463 ``status`` and the reason in plain words."""
+
+    number: str
+    status: str
+    reason: str
+    attempts: int
+    last_attempt_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BounceJob:
+    """Everything a delivery status notification needs, read from the queue in one go.
+
+    ``headers`` is the original header block as stored at acceptance; it is untrusted text.
+    """
+
+    queue_id: str
+    envelope_from: str
+    from_header: str
+    subject: str
+    message_id: str | None
+    received_at: float
+    text: str
+    headers: str
+    failed: tuple[FailedRecipient, ...]
+    delivered: tuple[str, ...]
+    attempts: int
+    owed_since: float = 0.0
+    """When the message finished and the bounce became due (retries give up from here)."""

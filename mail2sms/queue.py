@@ -4,14 +4,23 @@ A message is only acknowledged to the SMTP client once ``enqueue`` has returned,
 accepted is lost. Delivery leases recipients (``claim``) instead of removing them: a worker
 that dies leaves its rows ``inflight`` until the lease expires, and ``recover`` at start-up
 hands every leftover lease out again. That makes delivery at-least-once; rows that may have
-been sent before are marked ``possible_duplicate`` so the duplicate can be logged.
+been sent before are marked ``possible_duplicate`` so the duplicate can be logged, once:
+the next claim reports it (``ClaimedJob.possible_duplicates``) and marks it reported.
 
 One recipient row moves through these states::
 
     pending ──claim──► inflight ──mark_sent──► sent
-       ▲                  │  └────mark_failed──► failed
+       ▲  │               │  └────mark_failed──► failed
+       │  └──give_up──────┼───────────────────► failed
        └──mark_retry──────┘
        └──recover / lease expiry (possible_duplicate)
+
+When the last recipient of a message leaves pending/inflight, the same transaction stamps
+the message ``finished_at`` and, if any recipient failed and the envelope sender is not
+empty, adds one row to ``bounces``: a bounce is owed exactly when the final outcome is
+recorded, so a crash can neither lose it nor create it twice. Bounce rows move
+``pending ──claim_bounces──► inflight ──► sent | dropped`` (retry puts them back to
+pending). Finished messages whose bounce is settled are pruned after the retention time.
 
 Queue ids are 16 characters of Crockford base32 (``0-9 A-Z`` without ``I L O U``): 9 for
 the acceptance time in milliseconds since the epoch, 7 (35 bits) of randomness. They sort
@@ -29,12 +38,18 @@ import re
 import secrets
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, ParamSpec, Self, TypeVar
 
 from mail2sms.errors import NotFoundError, QueueUnavailableError
-from mail2sms.models import ClaimedJob, NewMessage, RecipientState
+from mail2sms.models import (
+    BounceJob,
+    ClaimedJob,
+    FailedRecipient,
+    NewMessage,
+    RecipientState,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,7 +65,7 @@ __all__ = [
     "new_queue_id",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a writer waits for another connection's lock
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
@@ -82,11 +97,61 @@ CREATE TABLE IF NOT EXISTS recipients (
     lease_until        REAL,
     last_error         TEXT,
     provider_ref       TEXT,
-    possible_duplicate INTEGER NOT NULL DEFAULT 0,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,  -- 1 may have been sent, 2 and reported
     updated_at         REAL NOT NULL,
     PRIMARY KEY (queue_id, number)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt_at);
+"""
+
+# Version 2: why a recipient failed (RFC 3463 status), when a message finished, and the
+# bounces owed to senders. Applied to new files too, after the version 1 schema.
+_SCHEMA_V2 = """
+ALTER TABLE recipients ADD COLUMN dsn_status TEXT;
+ALTER TABLE messages ADD COLUMN finished_at REAL;
+CREATE TABLE IF NOT EXISTS bounces (
+    queue_id        TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'inflight', 'sent', 'dropped')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_until     REAL,
+    last_error      TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bounces_due ON bounces (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at);
+UPDATE messages SET finished_at = received_at
+WHERE NOT EXISTS (SELECT 1 FROM recipients
+                  WHERE queue_id = messages.id AND state IN ('pending', 'inflight'));
+"""
+_MIGRATIONS = {1: _SCHEMA, 2: _SCHEMA_V2}
+
+# Run after every change of recipient state: if nothing of the message is left to send,
+# stamp it finished and owe its sender one bounce when a recipient failed. Idempotent.
+_FINISH = """
+UPDATE messages SET finished_at = :now
+WHERE id = :queue_id AND finished_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM recipients
+                  WHERE queue_id = :queue_id AND state IN ('pending', 'inflight'))
+"""
+_OWE_BOUNCE = """
+INSERT OR IGNORE INTO bounces (queue_id, state, next_attempt_at, created_at, updated_at)
+SELECT id, 'pending', :now, :now, :now FROM messages
+WHERE id = :queue_id AND finished_at IS NOT NULL AND envelope_from != ''
+  AND EXISTS (SELECT 1 FROM recipients WHERE queue_id = :queue_id AND state = 'failed')
+"""
+_DUE_BOUNCES = """
+SELECT queue_id, attempts, created_at FROM bounces
+WHERE (state = 'pending' AND next_attempt_at <= :now)
+   OR (state = 'inflight' AND lease_until < :now)
+ORDER BY next_attempt_at LIMIT :limit
+"""
+_PRUNE = """
+DELETE FROM messages
+WHERE finished_at IS NOT NULL AND finished_at < :before
+  AND NOT EXISTS (SELECT 1 FROM bounces
+                  WHERE queue_id = messages.id AND state IN ('pending', 'inflight'))
 """
 
 # Every statement is a literal (values always go in as parameters). A recipient is due when
@@ -100,7 +165,7 @@ SELECT id FROM messages WHERE id IN (
 ) ORDER BY received_at, id LIMIT :limit
 """
 _DUE_RECIPIENTS = """
-SELECT number, attempts, (possible_duplicate OR state = 'inflight') AS maybe_sent
+SELECT number, attempts, (possible_duplicate = 1 OR state = 'inflight') AS maybe_sent
 FROM recipients
 WHERE queue_id = :queue_id
   AND ((state = 'pending' AND next_attempt_at <= :now)
@@ -110,45 +175,34 @@ ORDER BY position
 _LEASE = """
 UPDATE recipients
 SET state = 'inflight', lease_until = :lease_until, attempts = attempts + 1, updated_at = :now,
-    possible_duplicate = possible_duplicate OR state = 'inflight'
+    possible_duplicate = CASE WHEN possible_duplicate = 1 OR state = 'inflight' THEN 2
+                              ELSE possible_duplicate END
 WHERE queue_id = :queue_id
   AND ((state = 'pending' AND next_attempt_at <= :now)
        OR (state = 'inflight' AND lease_until < :now))
 """
-_GET_MESSAGE = """
-SELECT id, received_at, envelope_from, from_header, subject, message_id, text, sender_id,
-       size, headers
-FROM messages WHERE id = ?
+_MESSAGE_COLUMNS = """
+SELECT m.id, m.received_at, m.envelope_from, m.from_header, m.subject, m.message_id, m.text,
+       m.sender_id, m.size, m.headers, m.finished_at, b.state AS bounce_state,
+       b.last_error AS bounce_error
+FROM messages AS m LEFT JOIN bounces AS b ON b.queue_id = m.id
 """
-_ALL_MESSAGES = """
-SELECT id, received_at, envelope_from, from_header, subject, message_id, text, sender_id,
-       size, headers
-FROM messages ORDER BY received_at, id
-"""
-_UNFINISHED_MESSAGES = """
-SELECT id, received_at, envelope_from, from_header, subject, message_id, text, sender_id,
-       size, headers
-FROM messages
-WHERE id IN (SELECT queue_id FROM recipients WHERE state IN ('pending', 'inflight'))
-ORDER BY received_at, id
-"""
-_GET_RECIPIENTS = """
+_GET_MESSAGE = _MESSAGE_COLUMNS + "WHERE m.id = ?"
+_ALL_MESSAGES = _MESSAGE_COLUMNS + "ORDER BY m.received_at, m.id"
+_UNFINISHED = "m.finished_at IS NULL OR b.state IN ('pending', 'inflight')"
+_UNFINISHED_MESSAGES = _MESSAGE_COLUMNS + f"WHERE {_UNFINISHED} ORDER BY m.received_at, m.id"
+_RECIPIENT_COLUMNS = """
 SELECT queue_id, number, state, attempts, next_attempt_at, last_error, provider_ref,
-       updated_at, possible_duplicate
-FROM recipients WHERE queue_id = ? ORDER BY position
-"""
-_ALL_RECIPIENTS = """
-SELECT queue_id, number, state, attempts, next_attempt_at, last_error, provider_ref,
-       updated_at, possible_duplicate
-FROM recipients ORDER BY queue_id, position
-"""
-_UNFINISHED_RECIPIENTS = """
-SELECT queue_id, number, state, attempts, next_attempt_at, last_error, provider_ref,
-       updated_at, possible_duplicate
+       updated_at, possible_duplicate, dsn_status
 FROM recipients
-WHERE queue_id IN (SELECT queue_id FROM recipients WHERE state IN ('pending', 'inflight'))
-ORDER BY queue_id, position
 """
+_GET_RECIPIENTS = _RECIPIENT_COLUMNS + "WHERE queue_id = ? ORDER BY position"
+_ALL_RECIPIENTS = _RECIPIENT_COLUMNS + "ORDER BY queue_id, position"
+_UNFINISHED_RECIPIENTS = (
+    _RECIPIENT_COLUMNS  # noqa: S608  built from the constants above only
+    + "WHERE queue_id IN (SELECT m.id FROM messages AS m LEFT JOIN bounces AS b"
+    + f" ON b.queue_id = m.id WHERE {_UNFINISHED}) ORDER BY queue_id, position"
+)
 
 EntryState = Literal["pending", "sent", "failed", "partial"]
 
@@ -180,6 +234,7 @@ class RecipientStatus:
     provider_ref: str | None
     updated_at: float
     possible_duplicate: bool = False
+    dsn_status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +255,10 @@ class QueueEntry:
     size: int
     headers: str
     recipients: tuple[RecipientStatus, ...]
+    finished_at: float | None = None
+    bounce_state: str | None = None
+    """``pending``/``inflight``/``sent``/``dropped`` once a bounce is owed, else None."""
+    bounce_error: str | None = None
 
     @property
     def state(self) -> EntryState:
@@ -224,6 +283,7 @@ def _recipient(row: sqlite3.Row) -> RecipientStatus:
         provider_ref=row["provider_ref"],
         updated_at=float(row["updated_at"]),
         possible_duplicate=bool(row["possible_duplicate"]),
+        dsn_status=row["dsn_status"],
     )
 
 
@@ -240,6 +300,50 @@ def _entry(row: sqlite3.Row, recipients: Sequence[RecipientStatus]) -> QueueEntr
         size=int(row["size"]),
         headers=str(row["headers"]),
         recipients=tuple(recipients),
+        finished_at=row["finished_at"],
+        bounce_state=row["bounce_state"],
+        bounce_error=row["bounce_error"],
+    )
+
+
+def _finish(conn: sqlite3.Connection, queue_id: str, now: float) -> None:
+    """Stamp the message finished and owe a bounce, if this change finished it."""
+    params = {"queue_id": queue_id, "now": now}
+    if conn.execute(_FINISH, params).rowcount:
+        conn.execute(_OWE_BOUNCE, params)
+
+
+def _require(conn: sqlite3.Connection, queue_id: str) -> None:
+    if conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is None:
+        raise NotFoundError(f"no queued message with id {queue_id}")
+
+
+def _bounce_job(
+    message: sqlite3.Row, recipients: Sequence[sqlite3.Row], attempts: int
+) -> BounceJob:
+    failed = tuple(
+        FailedRecipient(
+            number=str(r["number"]),
+            status=str(r["dsn_status"] or "5.0.0"),
+            reason=str(r["last_error"] or "refused"),
+            attempts=int(r["attempts"]),
+            last_attempt_at=float(r["updated_at"]),
+        )
+        for r in recipients
+        if r["state"] == RecipientState.FAILED
+    )
+    return BounceJob(
+        queue_id=str(message["id"]),
+        envelope_from=str(message["envelope_from"]),
+        from_header=str(message["from_header"]),
+        subject=str(message["subject"]),
+        message_id=message["message_id"],
+        received_at=float(message["received_at"]),
+        text=str(message["text"]),
+        headers=str(message["headers"]),
+        failed=failed,
+        delivered=tuple(str(r["number"]) for r in recipients if r["state"] == "sent"),
+        attempts=attempts,
     )
 
 
@@ -288,11 +392,12 @@ class Queue:
         if self._schema_version() == SCHEMA_VERSION:
             return
         with self._transaction():
-            if self._schema_version() < SCHEMA_VERSION:  # another process may have won
-                for statement in _SCHEMA.split(";"):
+            # another process may have migrated meanwhile: read the version again
+            for version in range(self._schema_version() + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version].split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute(f"PRAGMA user_version = {version}")
 
     def _schema_version(self) -> int:
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -470,6 +575,7 @@ class Queue:
                 " updated_at = ? WHERE queue_id = ? AND number = ? AND state = 'inflight'",
                 [(refs.get(number), now, queue_id, number) for number in recipients],
             )
+            _finish(conn, queue_id, now)
 
     def mark_retry(
         self, queue_id: str, recipients: Sequence[str], *, now: float, at: float, error: str
@@ -484,15 +590,104 @@ class Queue:
             )
 
     def mark_failed(
-        self, queue_id: str, recipients: Sequence[str], *, now: float, error: str
+        self,
+        queue_id: str,
+        recipients: Sequence[str],
+        *,
+        now: float,
+        error: str,
+        status: str = "5.0.0",
     ) -> None:
-        """Give up on inflight recipients for good (the caller bounces them)."""
+        """Give up on inflight recipients for good, with the RFC 3463 status for the bounce."""
         with self._write() as conn:
             conn.executemany(
                 "UPDATE recipients SET state = 'failed', lease_until = NULL, last_error = ?,"
-                " updated_at = ? WHERE queue_id = ? AND number = ? AND state = 'inflight'",
-                [(error, now, queue_id, number) for number in recipients],
+                " dsn_status = ?, updated_at = ?"
+                " WHERE queue_id = ? AND number = ? AND state = 'inflight'",
+                [(error, status, now, queue_id, number) for number in recipients],
             )
+            _finish(conn, queue_id, now)
+
+    def give_up(self, queue_id: str, *, now: float, reason: str, status: str = "5.0.0") -> int:
+        """Fail every waiting recipient now (``queue bounce``); returns how many.
+
+        Recipients a worker is sending right now are left to finish; the bounce follows
+        when they do.
+        """
+        with self._write() as conn:
+            _require(conn, queue_id)
+            cursor = conn.execute(
+                "UPDATE recipients SET state = 'failed', dsn_status = ?, updated_at = ?,"
+                " last_error = CASE WHEN last_error IS NULL THEN ?"
+                " ELSE ? || ' (last error: ' || last_error || ')' END"
+                " WHERE queue_id = ? AND (state = 'pending'"
+                " OR (state = 'inflight' AND lease_until < ?))",
+                (status, now, reason, reason, queue_id, now),
+            )
+            _finish(conn, queue_id, now)
+            return cursor.rowcount
+
+    # ---- bounces ---------------------------------------------------------------------
+
+    def claim_bounces(self, *, now: float, lease: float, limit: int) -> list[BounceJob]:
+        """Lease due bounces until ``now + lease``, each with what its DSN must say."""
+        jobs: list[BounceJob] = []
+        with self._write() as conn:
+            due = conn.execute(_DUE_BOUNCES, {"now": now, "limit": limit}).fetchall()
+            for row in due:
+                queue_id = str(row["queue_id"])
+                conn.execute(
+                    "UPDATE bounces SET state = 'inflight', lease_until = ?,"
+                    " attempts = attempts + 1, updated_at = ? WHERE queue_id = ?",
+                    (now + lease, now, queue_id),
+                )
+                message = conn.execute(_GET_MESSAGE, (queue_id,)).fetchone()
+                recipients = conn.execute(
+                    "SELECT number, state, attempts, last_error, dsn_status, updated_at"
+                    " FROM recipients WHERE queue_id = ? ORDER BY position",
+                    (queue_id,),
+                ).fetchall()
+                job = _bounce_job(message, recipients, int(row["attempts"]) + 1)
+                jobs.append(replace(job, owed_since=float(row["created_at"])))
+        return jobs
+
+    def next_bounce_due(self) -> float | None:
+        """When the earliest waiting bounce is due."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT MIN(next_attempt_at) FROM bounces WHERE state = 'pending'"
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def mark_bounce_sent(self, queue_id: str, *, now: float) -> None:
+        """The relay took the bounce: it is settled."""
+        self._settle_bounce(queue_id, "sent", now=now, error=None)
+
+    def mark_bounce_dropped(self, queue_id: str, *, now: float, error: str) -> None:
+        """The relay refused the bounce for good, or there is no relay: settled, not sent."""
+        self._settle_bounce(queue_id, "dropped", now=now, error=error)
+
+    def _settle_bounce(self, queue_id: str, state: str, *, now: float, error: str | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE bounces SET state = ?, lease_until = NULL, last_error = ?,"
+                " updated_at = ? WHERE queue_id = ? AND state = 'inflight'",
+                (state, error, now, queue_id),
+            )
+
+    def mark_bounce_retry(self, queue_id: str, *, now: float, at: float, error: str) -> None:
+        """The relay could not take the bounce now: try again at ``at``."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE bounces SET state = 'pending', next_attempt_at = ?, lease_until = NULL,"
+                " last_error = ?, updated_at = ? WHERE queue_id = ? AND state = 'inflight'",
+                (at, error, now, queue_id),
+            )
+
+    def prune(self, *, before: float) -> int:
+        """Delete messages finished before ``before`` whose bounce is settled; how many."""
+        with self._write() as conn:
+            return conn.execute(_PRUNE, {"before": before}).rowcount
 
     # ---- administration (runs beside the daemon) --------------------------------------
 
@@ -519,19 +714,26 @@ class Queue:
             by_message.setdefault(row["queue_id"], []).append(_recipient(row))
         return [_entry(m, by_message.get(m["id"], [])) for m in messages]
 
-    def retry_now(self, queue_id: str, *, now: float) -> int:
-        """Make a message's waiting recipients due now; returns how many."""
-        with self._write() as conn:
-            if conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is None:
-                raise NotFoundError(f"no queued message with id {queue_id}")
-            cursor = conn.execute(
-                "UPDATE recipients SET next_attempt_at = ?, updated_at = ?"
-                " WHERE queue_id = ? AND state = 'pending'",
-                (now, now, queue_id),
-            )
-            return cursor.rowcount
+    def retry_now(self, queue_id: str | None, *, now: float) -> int:
+        """Make waiting recipients and bounces due now (all when ``queue_id`` is None).
 
-    def delete(self, queue_id: str) -> None:
+        Returns how many recipients and bounces were made due.
+        """
+        with self._write() as conn:
+            if queue_id is not None:
+                _require(conn, queue_id)
+            where = "state = 'pending'" + ("" if queue_id is None else " AND queue_id = :id")
+            params = {"now": now, "id": queue_id}
+            count = 0
+            for table in ("recipients", "bounces"):
+                count += conn.execute(
+                    f"UPDATE {table} SET next_attempt_at = :now, updated_at = :now"  # noqa: S608  constant names
+                    f" WHERE {where}",
+                    params,
+                ).rowcount
+            return count
+
+    def delete(self, queue_id: str) -> None:  # a cascade removes its bounce too
         """Remove a message and its recipients; a worker holding it just finds nothing."""
         with self._write() as conn:
             if conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,)).rowcount == 0:
@@ -636,10 +838,48 @@ class AsyncQueue:
         await self._run(self._queue.mark_retry, queue_id, recipients, now=now, at=at, error=error)
 
     async def mark_failed(
-        self, queue_id: str, recipients: Sequence[str], *, now: float, error: str
+        self,
+        queue_id: str,
+        recipients: Sequence[str],
+        *,
+        now: float,
+        error: str,
+        status: str = "5.0.0",
     ) -> None:
         """See ``Queue.mark_failed``."""
-        await self._run(self._queue.mark_failed, queue_id, recipients, now=now, error=error)
+        await self._run(
+            self._queue.mark_failed, queue_id, recipients, now=now, error=error, status=status
+        )
+
+    async def give_up(
+        self, queue_id: str, *, now: float, reason: str, status: str = "5.0.0"
+    ) -> int:
+        """See ``Queue.give_up``."""
+        return await self._run(self._queue.give_up, queue_id, now=now, reason=reason, status=status)
+
+    async def claim_bounces(self, *, now: float, lease: float, limit: int) -> list[BounceJob]:
+        """See ``Queue.claim_bounces``."""
+        return await self._run(self._queue.claim_bounces, now=now, lease=lease, limit=limit)
+
+    async def next_bounce_due(self) -> float | None:
+        """See ``Queue.next_bounce_due``."""
+        return await self._run(self._queue.next_bounce_due)
+
+    async def mark_bounce_sent(self, queue_id: str, *, now: float) -> None:
+        """See ``Queue.mark_bounce_sent``."""
+        await self._run(self._queue.mark_bounce_sent, queue_id, now=now)
+
+    async def mark_bounce_dropped(self, queue_id: str, *, now: float, error: str) -> None:
+        """See ``Queue.mark_bounce_dropped``."""
+        await self._run(self._queue.mark_bounce_dropped, queue_id, now=now, error=error)
+
+    async def mark_bounce_retry(self, queue_id: str, *, now: float, at: float, error: str) -> None:
+        """See ``Queue.mark_bounce_retry``."""
+        await self._run(self._queue.mark_bounce_retry, queue_id, now=now, at=at, error=error)
+
+    async def prune(self, *, before: float) -> int:
+        """See ``Queue.prune``."""
+        return await self._run(self._queue.prune, before=before)
 
     async def get(self, queue_id: str) -> QueueEntry:
         """See ``Queue.get``."""
@@ -649,7 +889,7 @@ class AsyncQueue:
         """See ``Queue.entries``."""
         return await self._run(self._queue.entries, include_finished=include_finished)
 
-    async def retry_now(self, queue_id: str, *, now: float) -> int:
+    async def retry_now(self, queue_id: str | None, *, now: float) -> int:
         """See ``Queue.retry_now``."""
         return await self._run(self._queue.retry_now, queue_id, now=now)
 

@@ -19,7 +19,9 @@ from mail2sms import __version__
 from mail2sms.addressing import parse_numbers, parse_rcpt
 from mail2sms.config import Settings
 from mail2sms.errors import (
+    AutoReplyRefusedError,
     EmptyTextError,
+    MailLoopError,
     MailRefusedError,
     QueueError,
     SenderRefusedError,
@@ -91,6 +93,8 @@ class Policy:
     sender_id: str
     max_parts: int
     allow: tuple[str, ...]
+    max_received: int = 30
+    accept_auto_generated: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -103,6 +107,8 @@ class Policy:
             sender_id=settings.gateway.sender_id,
             max_parts=settings.gateway.max_parts,
             allow=tuple(settings.senders.allow),
+            max_received=settings.smtp.max_received,
+            accept_auto_generated=settings.smtp.accept_auto_generated,
         )
 
     def sender_allowed(self, address: str) -> bool:
@@ -116,15 +122,39 @@ class Policy:
 
 def check_sender(policy: Policy, address: str, *, where: str) -> None:
     """Refuse a sender that is not on the allowlist, saying which address and why."""
-    if not address:
-        raise SenderRefusedError(
-            "Mail with an empty sender (bounces, automatic replies) is not accepted"
+    if address in {"", "<>"}:  # aiosmtpd passes the null reverse-path as "<>"
+        raise AutoReplyRefusedError(
+            "Mail with an empty sender (a bounce or automatic reply) is not accepted: "
+            "this gateway sends SMS only for people and systems that write to it"
         )
     if not policy.sender_allowed(address):
         raise SenderRefusedError(
             f"{where} <{address}> is not allowed to send SMS through this gateway; "
             "ask its administrator to add it"
         )
+
+
+def check_not_automatic(content: MailContent, policy: Policy) -> None:
+    """Refuse bounces, automatic replies and looping mail: answering them feeds a loop.
+
+    ``Auto-Submitted: auto-generated`` (monitoring, cron) is accepted by default: those
+    systems are what the gateway is for, and they do not answer our bounces.
+    """
+    if content.received > policy.max_received:
+        raise MailLoopError(
+            f"Mail loop detected: the message passed {content.received} mail servers "
+            f"(limit {policy.max_received}); check the forwarding rules that send it here"
+        )
+    if content.content_type == "multipart/report":
+        raise AutoReplyRefusedError(
+            "Delivery reports (bounces) are not accepted: this gateway only sends SMS"
+        )
+    keyword = content.auto_submitted
+    if keyword in {"", "no"} or (keyword == "auto-generated" and policy.accept_auto_generated):
+        return
+    raise AutoReplyRefusedError(
+        f"Automatic mail (Auto-Submitted: {keyword[:40]}) is not accepted, to avoid mail loops"
+    )
 
 
 def resolve_recipients(
@@ -159,6 +189,7 @@ def build_message(
 ) -> NewMessage:
     """Everything DATA decides, as one pure step (run off the event loop)."""
     content = parse_mail(raw)
+    check_not_automatic(content, policy)
     if not content.from_addresses:
         raise SenderRefusedError("The message has no From address; add a From header")
     for address in content.from_addresses:

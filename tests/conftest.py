@@ -131,3 +131,27 @@ def fake_dataflows() -> Iterator[Any]:
 
     with FakeDataFlows(token=TOKEN) as fake:
         yield fake
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, fake_dataflows: Any) -> Path:
+    """A daemon config file (tests/process.py CONFIG) pointing at the fake DataFlows."""
+    from process import CONFIG  # noqa: PLC0415  a test helper module, not a package
+
+    path = tmp_path / "config.toml"
+    path.write_text(
+        CONFIG.format(
+            gateway=GATEWAY, allowed=ALLOWED, url=fake_dataflows.url, queue=tmp_path / "q.sqlite3"
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Any]]:
+    """Daemon processes a test started; each is killed and its pipes closed afterwards."""
+    started: list[Any] = []
+    yield started
+    for daemon in started:
+        daemon.close()

@@ -11,6 +11,7 @@ from mail2sms.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = '[gateway]\naddresses = ["sms@sms.example.com"]\n'
+SENDERS_TEMPLATE = MINIMAL + '[senders]\nallow = ["{entry}"]\n'
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -205,3 +206,24 @@ def test_bad_sender_ids(tmp_path, sender_id):
     assert problems(write(tmp_path, MINIMAL + f"sender_id = '{sender_id}'\n"))[0].startswith(
         "gateway.sender_id:"
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "stored"),
+    [
+        ("ups@panel.local", "ups@panel.local"),
+        ("alarm@[192.0.2.7]", "alarm@[192.0.2.7]"),
+        ("@corp.internal", "@corp.internal"),
+        ("Printer@Office.LAN", "printer@office.lan"),
+    ],
+)
+def test_internal_network_senders_can_be_allowed(tmp_path, entry, stored):
+    settings = load_config(write(tmp_path, SENDERS_TEMPLATE.format(entry=entry)))
+    assert stored in settings.senders.allow
+
+
+@pytest.mark.parametrize("entry", ["nobody", "a@-bad.example", "a@[1.2.3]", "a b@example.com"])
+def test_malformed_sender_entries_are_refused_naming_them(tmp_path, entry):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, SENDERS_TEMPLATE.format(entry=entry)))
+    assert any(p.startswith("senders.allow") and entry in p for p in caught.value.problems)

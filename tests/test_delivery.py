@@ -188,6 +188,37 @@ async def test_account_error_keeps_the_message_queued(queue, run_delivery):
     assert entry.recipients[0].state is not RecipientState.FAILED
 
 
+async def test_account_error_is_never_given_up_on(queue, run_delivery):
+    provider = ScriptedProvider([ProviderAccountError("Unauthenticated.")] * 3 + [Outcome.SENT])
+    queue_id = await queue.enqueue(message("+61412345678", received_at=time.time() - 7200))
+    run_delivery(provider, give_up_after=3600)
+    # long past give_up_after, yet kept until the operator fixes the account, then sent
+    entry = await wait_state(queue, queue_id, lambda s: s["+61412345678"] is RecipientState.SENT)
+    assert entry.recipients[0].attempts == 4
+    assert entry.bounce_state is None
+
+
+async def test_failure_statuses_for_the_bounce(queue, run_delivery):
+    def by_number(batch: SmsBatch) -> list[RecipientResult]:
+        number = batch.recipients[0]
+        if number == "+61498765432":
+            raise PermanentProviderError("Originator X is not authorized", status="5.7.1")
+        if number == "+61400000000":
+            raise TransientProviderError("HTTP 503")
+        return [RecipientResult(number, Outcome.PERMANENT, detail="invalid")]
+
+    provider = ScriptedProvider([by_number] * 3)
+    bad_number = await queue.enqueue(message("+61412345678"))
+    refused = await queue.enqueue(message("+61498765432"))
+    expired = await queue.enqueue(message("+61400000000", received_at=time.time() - 7200))
+    run_delivery(provider, give_up_after=3600)
+    ids = (bad_number, refused, expired)
+    for queue_id in ids:
+        await wait_state(queue, queue_id, lambda s: RecipientState.FAILED in s.values())
+    statuses = [(await queue.get(i)).recipients[0].dsn_status for i in ids]
+    assert statuses == ["5.1.1", "5.7.1", "4.4.7"]
+
+
 async def test_past_give_up_after_a_transient_failure_becomes_final(queue, run_delivery):
     provider = ScriptedProvider([TransientProviderError("connection refused")])
     queue_id = await queue.enqueue(message("+61412345678", received_at=time.time() - 7200))

@@ -388,6 +388,8 @@ def test_header_values_are_single_lines() -> None:
                     "the tape library & re-run it.\n\n"
                     "Thanks,\nOps"
                 ),
+                content_type="text/html",
+                received=1,
             ),
         ),
         (
@@ -398,6 +400,7 @@ def test_header_values_are_single_lines() -> None:
                 message_id="CAB1x2y3Z4-example-gmail-id@mail.gmail.example",
                 date="Wed, 15 May 2024 19:45:03 +1000",
                 body="Dinner at 7 \u2014 bring the crème brûlée! \N{FOUR LEAF CLOVER}\n\nJamie",
+                content_type="multipart/alternative",
             ),
         ),
         (
@@ -408,6 +411,7 @@ def test_header_values_are_single_lines() -> None:
                 message_id="report-20240516-0600@billing.example.org",
                 date="Thu, 16 May 2024 06:00:00 +0000",
                 body="Invoice run finished: 1,204 invoices, 3 failures.",
+                content_type="multipart/mixed",
             ),
         ),
         (

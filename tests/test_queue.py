@@ -525,6 +525,11 @@ async def test_async_queue_round_trip(path: Path) -> None:
         await aq.mark_failed(queue_id, [B], now=T0 + 3, error="refused")
         entry = await aq.get(queue_id)
         assert entry.state == "partial"
+        assert entry.bounce_state == "pending"  # B failed: its sender is owed a bounce
+        assert [e.id for e in await aq.entries()] == [queue_id]
+        (bounce,) = await aq.claim_bounces(now=T0 + 3, lease=LEASE, limit=5)
+        assert [f.number for f in bounce.failed] == [B]
+        await aq.mark_bounce_sent(queue_id, now=T0 + 4)
         assert await aq.entries() == []
         assert [e.id for e in await aq.entries(include_finished=True)] == [queue_id]
         assert await aq.recover(T0 + 4) == 0
@@ -544,3 +549,173 @@ async def test_async_queue_open_failure_is_unavailable(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(QueueUnavailableError):
         await AsyncQueue.open(blocker / "queue.sqlite3")
+
+
+# ---- finishing, bounces owed, retention --------------------------------------------------
+
+
+def _lease_all(queue: Queue, now: float = T0) -> None:
+    queue.claim(now=now, lease=LEASE, limit=100)
+
+
+def test_a_bounce_is_owed_once_when_the_last_recipient_settles(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B, C))
+    _lease_all(queue)
+    queue.mark_failed(queue_id, [A], now=T0 + 1, error="is a invalid phone number", status="5.1.1")
+    queue.mark_retry(queue_id, [B, C], now=T0 + 1, at=T0 + 60, error="busy")
+    # B and C still wait: no bounce yet, the sender gets ONE bounce listing every failure
+    assert queue.claim_bounces(now=T0 + 2, lease=LEASE, limit=5) == []
+    _lease_all(queue, T0 + 60)
+    queue.mark_sent(queue_id, [B], now=T0 + 61)
+    queue.mark_failed(queue_id, [C], now=T0 + 61, error="gave up", status="4.4.7")
+    (job,) = queue.claim_bounces(now=T0 + 62, lease=LEASE, limit=5)
+    assert job.queue_id == queue_id
+    assert job.envelope_from == "alerts@example.com"
+    assert [(f.number, f.status, f.reason) for f in job.failed] == [
+        (A, "5.1.1", "is a invalid phone number"),
+        (C, "4.4.7", "gave up"),
+    ]
+    assert job.delivered == (B,)
+    assert job.attempts == 1
+    # leased: not handed out twice
+    assert queue.claim_bounces(now=T0 + 63, lease=LEASE, limit=5) == []
+    assert queue.get(queue_id).finished_at == T0 + 61
+
+
+def test_all_sent_owes_no_bounce(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B))
+    _lease_all(queue)
+    queue.mark_sent(queue_id, [A, B], now=T0 + 1)
+    assert queue.claim_bounces(now=T0 + 2, lease=LEASE, limit=5) == []
+    entry = queue.get(queue_id)
+    assert (entry.finished_at, entry.bounce_state) == (T0 + 1, None)
+
+
+def test_no_bounce_is_ever_owed_to_the_null_sender(queue: Queue) -> None:
+    queue_id = queue.enqueue(replace(msg(A), envelope_from=""))
+    _lease_all(queue)
+    queue.mark_failed(queue_id, [A], now=T0 + 1, error="refused")
+    assert queue.claim_bounces(now=T0 + 2, lease=LEASE, limit=5) == []
+    assert queue.get(queue_id).bounce_state is None
+
+
+def test_bounce_retry_then_sent_and_an_expired_bounce_lease_is_claimed_again(
+    queue: Queue,
+) -> None:
+    queue_id = queue.enqueue(msg(A))
+    _lease_all(queue)
+    queue.mark_failed(queue_id, [A], now=T0 + 1, error="refused")
+    queue.claim_bounces(now=T0 + 2, lease=LEASE, limit=5)
+    queue.mark_bounce_retry(queue_id, now=T0 + 3, at=T0 + 100, error="relay down")
+    assert queue.next_bounce_due() == T0 + 100
+    assert queue.claim_bounces(now=T0 + 99, lease=LEASE, limit=5) == []
+    (job,) = queue.claim_bounces(now=T0 + 100, lease=LEASE, limit=5)
+    assert job.attempts == 2
+    # the bouncer died: after the lease the bounce is handed out again
+    (again,) = queue.claim_bounces(now=T0 + 101 + LEASE, lease=LEASE, limit=5)
+    assert again.attempts == 3
+    queue.mark_bounce_sent(queue_id, now=T0 + 500)
+    assert queue.get(queue_id).bounce_state == "sent"
+    assert queue.next_bounce_due() is None
+
+
+def test_give_up_fails_waiting_recipients_and_owes_the_bounce(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B))
+    _lease_all(queue)
+    queue.mark_retry(queue_id, [A, B], now=T0 + 1, at=T0 + 60, error="HTTP 503")
+    assert queue.give_up(queue_id, now=T0 + 2, reason="cancelled by the administrator") == 2
+    (job,) = queue.claim_bounces(now=T0 + 2, lease=LEASE, limit=5)
+    assert {f.reason for f in job.failed} == {
+        "cancelled by the administrator (last error: HTTP 503)"
+    }
+    assert queue.claim(now=T0 + 100, lease=LEASE, limit=5) == []
+    with pytest.raises(NotFoundError):
+        queue.give_up("0000000000000000", now=T0, reason="x")
+
+
+def test_give_up_leaves_a_live_send_to_finish(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A))
+    _lease_all(queue)  # a worker is sending right now
+    assert queue.give_up(queue_id, now=T0 + 1, reason="cancelled") == 0
+    queue.mark_sent(queue_id, [A], now=T0 + 2)
+    assert queue.get(queue_id).state == "sent"
+
+
+def test_retry_now_all_makes_every_waiting_recipient_and_bounce_due(queue: Queue) -> None:
+    first, second = queue.enqueue(msg(A)), queue.enqueue(msg(B))
+    _lease_all(queue)
+    queue.mark_retry(first, [A], now=T0 + 1, at=T0 + 900, error="busy")
+    queue.mark_failed(second, [B], now=T0 + 1, error="refused")
+    queue.claim_bounces(now=T0 + 1, lease=LEASE, limit=5)
+    queue.mark_bounce_retry(second, now=T0 + 2, at=T0 + 900, error="relay down")
+    assert queue.retry_now(None, now=T0 + 3) == 2
+    assert queue.next_due() == T0 + 3
+    assert queue.next_bounce_due() == T0 + 3
+
+
+def test_prune_removes_only_old_settled_messages(queue: Queue) -> None:
+    sent = queue.enqueue(msg(A))
+    bouncing = queue.enqueue(msg(B))
+    waiting = queue.enqueue(msg(C))
+    _lease_all(queue)
+    queue.mark_sent(sent, [A], now=T0 + 1)
+    queue.mark_failed(bouncing, [B], now=T0 + 1, error="refused")
+    queue.mark_retry(waiting, [C], now=T0 + 1, at=T0 + 5, error="busy")
+    assert queue.prune(before=T0 + 1) == 0  # finished at T0+1, not before it
+    assert queue.prune(before=T0 + 10) == 1  # the bounce is still owed: kept
+    assert {e.id for e in queue.entries(include_finished=True)} == {bouncing, waiting}
+    queue.claim_bounces(now=T0 + 11, lease=LEASE, limit=5)
+    queue.mark_bounce_dropped(bouncing, now=T0 + 12, error="relay said 550")
+    assert queue.prune(before=T0 + 20) == 1
+    assert [e.id for e in queue.entries(include_finished=True)] == [waiting]
+
+
+def test_a_version_1_queue_is_migrated_without_losing_rows(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE messages (id TEXT PRIMARY KEY, received_at REAL NOT NULL,
+            envelope_from TEXT NOT NULL, from_header TEXT NOT NULL, subject TEXT NOT NULL,
+            message_id TEXT, text TEXT NOT NULL, sender_id TEXT NOT NULL,
+            size INTEGER NOT NULL, headers TEXT NOT NULL);
+        CREATE TABLE recipients (queue_id TEXT NOT NULL REFERENCES messages (id)
+            ON DELETE CASCADE, number TEXT NOT NULL, position INTEGER NOT NULL,
+            state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL, lease_until REAL, last_error TEXT,
+            provider_ref TEXT, possible_duplicate INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL, PRIMARY KEY (queue_id, number));
+        INSERT INTO messages VALUES ('1AAAAAAAAAAAAAAA', 1.0, 'a@example.com', 'a@example.com',
+            's', NULL, 'old', 'Brand', 10, 'Subject: s');
+        INSERT INTO messages VALUES ('1BBBBBBBBBBBBBBB', 2.0, 'a@example.com', 'a@example.com',
+            's', NULL, 'done', 'Brand', 10, 'Subject: s');
+        INSERT INTO recipients VALUES ('1AAAAAAAAAAAAAAA', '+61412345678', 0, 'pending', 0,
+            1.0, NULL, NULL, NULL, 0, 1.0);
+        INSERT INTO recipients VALUES ('1BBBBBBBBBBBBBBB', '+61412345678', 0, 'sent', 1,
+            2.0, NULL, NULL, 'ref', 0, 2.0);
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.close()
+    with Queue(path) as queue:
+        (job,) = queue.claim(now=T0, lease=LEASE, limit=5)
+        assert job.text == "old"
+        assert queue.get("1BBBBBBBBBBBBBBB").finished_at == 2.0
+        assert queue.prune(before=T0) == 1
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        check.close()
+
+
+def test_a_possible_duplicate_is_reported_by_one_claim_only(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A))
+    _lease_all(queue)
+    assert queue.recover(T0 + 1) == 1  # the daemon died mid-send
+    (job,) = queue.claim(now=T0 + 1, lease=LEASE, limit=5)
+    assert job.possible_duplicates == (A,)
+    queue.mark_retry(queue_id, [A], now=T0 + 2, at=T0 + 3, error="busy")
+    (again,) = queue.claim(now=T0 + 3, lease=LEASE, limit=5)
+    assert again.possible_duplicates == ()
+    assert queue.get(queue_id).recipients[0].possible_duplicate  # still shown to admins

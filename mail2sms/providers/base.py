@@ -192,9 +192,9 @@ class HttpProvider(Provider):
         kind = ProviderAccountError if account else TransientProviderError
         return kind(self._redact(f"{self.name}: {text}"), retry_after=retry_after)
 
-    def permanent(self, text: str) -> PermanentProviderError:
-        """Make a redacted error that bounces the whole batch."""
-        return PermanentProviderError(self._redact(f"{self.name}: {text}"))
+    def permanent(self, text: str, *, status: str = "5.0.0") -> PermanentProviderError:
+        """Make a redacted error that bounces the whole batch (``status`` for the DSN)."""
+        return PermanentProviderError(self._redact(f"{self.name}: {text}"), status=status)
 
     def excerpt(self, response: httpx.Response) -> str:
         """``body_excerpt`` with the token removed."""

@@ -364,7 +364,8 @@ class DataFlowsProvider(HttpProvider):
         if verdict is Verdict.RETRY:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             return self.transient(f"try again later: {said}", retry_after=retry_after)
-        return self.permanent(f"the message was refused: {said}")
+        # 5.7.1: delivery not authorised, message refused (sender ID, content, type)
+        return self.permanent(f"the message was refused: {said}", status="5.7.1")
 
 
 def _result(outcome: Outcome, detail: str, ref: str | None) -> RecipientResult:

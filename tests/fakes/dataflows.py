@@ -132,6 +132,11 @@ class FakeDataFlows:
         self.approved_senders: set[str] | None = None
         self.balance: int | None = None
         self.rate_limit: int | None = None
+        # Fault injection (e.g. SIGKILL the daemon): called in the server thread when a
+        # request arrives (a true result drops it unprocessed, as a provider that died
+        # would) and after processing, before replying.
+        self.on_request: Callable[[RecordedRequest], bool] | None = None
+        self.before_reply: Callable[[RecordedRequest], None] | None = None
         self._lock = threading.Condition(threading.RLock())
         self._requests: list[RecordedRequest] = []
         self._sent: list[SentSms] = []
@@ -259,6 +264,8 @@ class FakeDataFlows:
         with self._lock:
             self._requests.append(request)
             self._lock.notify_all()
+        if self.on_request is not None and self.on_request(request):
+            return _html(503, "Service Unavailable")
         if self.delay > 0:
             self._stopping.wait(self.delay)
         if self.down:
@@ -547,6 +554,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001  a bug in the fake: answer 500 and keep the text
             self.fake.errors.append(f"{type(exc).__name__}: {exc}")
             reply = _html(500, "Server Error")
+        if self.fake.before_reply is not None:
+            self.fake.before_reply(request)
         request.status = reply.status
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)

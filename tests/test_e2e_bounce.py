@@ -1,0 +1,135 @@
+"""Failures after 250 end as one RFC 3464 bounce, received by a recording relay on loopback."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+from conftest import ALLOWED, GATEWAY, TOKEN, poll
+from fakes.relay import RecordingRelay
+from test_smtp import make_mail, transaction
+
+from mail2sms.models import RecipientState
+
+pytestmark = pytest.mark.anyio
+
+
+def settings_for(make_settings, fake, relay: RecordingRelay | None, **delivery):
+    return make_settings(
+        provider={"kind": "dataflows", "base_url": fake.url, "token": TOKEN, "timeout": 5},
+        bounce={
+            "relay": str(relay.address) if relay else "",
+            "from": "MAILER-DAEMON@sms.test",
+            "starttls": "never",
+        },
+        delivery={"retry_initial": 0.05, "retry_max": 0.1, **delivery},
+    )
+
+
+async def send(app, subject: str, body: str = "Pump 2 failed") -> str:
+    replies = await transaction(
+        app.smtp_port, ALLOWED, [GATEWAY], make_mail(subject=subject, body=body)
+    )
+    assert replies[-1][0] == 250, replies
+    return replies[-1][1].rsplit(" ", 1)[1]
+
+
+def parts(message):
+    return [p.get_content_type() for p in message.iter_parts()]
+
+
+async def test_partial_failure_sends_the_good_number_once_and_bounces_the_bad_one(
+    make_settings, start_app, fake_dataflows
+):
+    fake_dataflows.invalid_numbers.add("61498765432")
+    async with RecordingRelay() as relay:
+        app = await start_app(settings_for(make_settings, fake_dataflows, relay))
+        queue_id = await send(app, "+61412345678, +61498765432")
+        (bounce,) = await relay.wait_for(1)
+
+        assert bounce.mail_from == ""  # MAIL FROM:<>: a bounce is never bounced
+        assert bounce.rcpt_tos == (ALLOWED,)
+        message = email.message_from_bytes(bounce.data, policy=email.policy.default)
+        assert message.get_content_type() == "multipart/report"
+        assert message.get_param("report-type") == "delivery-status"
+        assert parts(message) == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+        assert message["Auto-Submitted"] == "auto-replied"
+        assert str(message["To"]) == ALLOWED
+        text = message.get_body(("plain",)).get_content()
+        assert "+61498765432" in text
+        assert "+61412345678" in text  # "it was delivered to"
+        assert queue_id in text
+        status = bounce.data.decode("ascii", "replace")
+        assert "Final-Recipient: rfc822; +61498765432@" in status
+        assert "Status: 5.1.1" in status
+        assert "Reporting-MTA: dns; sms.test" in status
+
+        assert [s.number for s in fake_dataflows.sent] == ["61412345678"]
+        entry = await poll(lambda: _bounce_state(app, queue_id, "sent"))
+        assert {r.number: r.state for r in entry.recipients} == {
+            "+61412345678": RecipientState.SENT,
+            "+61498765432": RecipientState.FAILED,
+        }
+        assert len(relay.transactions) == 1
+
+
+async def test_relay_down_then_up_delivers_the_bounce_once(
+    make_settings, start_app, fake_dataflows
+):
+    fake_dataflows.invalid_numbers.add("61412345678")
+    async with RecordingRelay() as relay:
+        await relay.stop()
+        app = await start_app(settings_for(make_settings, fake_dataflows, relay))
+        queue_id = await send(app, "+61412345678")
+        entry = await poll(lambda: _bounce_error(app, queue_id))
+        assert entry.bounce_state == "pending"
+        assert str(relay.address) in (entry.bounce_error or "")
+        await relay.start()
+        await relay.wait_for(1)
+        await poll(lambda: _bounce_state(app, queue_id, "sent"))
+        assert len(relay.transactions) == 1
+        assert relay.transactions[0].rcpt_tos == (ALLOWED,)
+
+
+async def test_relay_refusal_drops_the_bounce_without_retrying(
+    make_settings, start_app, fake_dataflows
+):
+    fake_dataflows.invalid_numbers.add("61412345678")
+    async with RecordingRelay() as relay:
+        relay.refuse_next(5, code=550, text="5.1.1 No such user", at="RCPT")
+        app = await start_app(settings_for(make_settings, fake_dataflows, relay))
+        queue_id = await send(app, "+61412345678")
+        entry = await poll(lambda: _bounce_state(app, queue_id, "dropped"))
+        assert "No such user" in (entry.bounce_error or "")
+        assert relay.transactions == []
+
+
+async def test_without_a_relay_the_failure_is_logged_only(make_settings, start_app, fake_dataflows):
+    fake_dataflows.invalid_numbers.add("61412345678")
+    app = await start_app(settings_for(make_settings, fake_dataflows, None))
+    queue_id = await send(app, "+61412345678")
+    entry = await poll(lambda: _bounce_state(app, queue_id, "dropped"))
+    assert "bounce.relay is empty" in (entry.bounce_error or "")
+
+
+async def test_a_wrong_token_never_bounces(make_settings, start_app, fake_dataflows):
+    fake_dataflows.token = "22|somethingElse"
+    async with RecordingRelay() as relay:
+        app = await start_app(settings_for(make_settings, fake_dataflows, relay, give_up_after=0.2))
+        queue_id = await send(app, "+61412345678")
+        await poll(lambda: len(fake_dataflows.requests) >= 3)
+        entry = await app.queue.get(queue_id)
+        assert entry.recipients[0].state is not RecipientState.FAILED
+        assert entry.bounce_state is None
+        assert relay.transactions == []
+
+
+async def _bounce_state(app, queue_id: str, state: str):
+    entry = await app.queue.get(queue_id)
+    return entry if entry.bounce_state == state else None
+
+
+async def _bounce_error(app, queue_id: str):
+    entry = await app.queue.get(queue_id)
+    return entry if entry.bounce_error else None
