@@ -163,6 +163,13 @@ def cmd_queue(path: Path, args: argparse.Namespace) -> int:
     except ConfigError as error:
         _print_problems(path, error)
         return EX_CONFIG
+    if not settings.queue.path.exists():
+        print(
+            f"mail2sms: no queue at {settings.queue.path} (queue.path): check the path, "
+            "and run the commands from the daemon's working directory if it is relative",
+            file=sys.stderr,
+        )
+        return EX_FAILURE
     try:
         queue = Queue(settings.queue.path)
     except QueueError as error:

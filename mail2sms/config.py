@@ -365,10 +365,13 @@ class Settings(BaseSettings):
             notes.append("bounce.relay is empty: failed messages are logged, no bounce is sent")
         elif (
             self.bounce.password is not None
-            and self.bounce.starttls == "never"
+            and self.bounce.starttls != "always"
             and self.bounce.relay.host not in {"127.0.0.1", "::1", "localhost"}
         ):
-            notes.append("bounce.password goes to a remote relay without TLS (starttls = never)")
+            notes.append(
+                "bounce.password goes to a remote relay without verified TLS: "
+                'set bounce.starttls = "always"'
+            )
         return notes
 
 

@@ -508,7 +508,9 @@ class Queue:
         return queue_id
 
     def recover(self, now: float) -> int:
-        """At start-up, release every lease the last run left behind; returns how many.
+        """At start-up, release every lease the last run left behind (bounces too).
+
+        Returns how many recipients were in flight.
 
         No worker of this process holds a lease yet, so every inflight row belonged to a
         run that stopped without recording an outcome; it may or may not have been sent.
@@ -518,6 +520,11 @@ class Queue:
                 "UPDATE recipients SET state = 'pending', next_attempt_at = ?,"
                 " lease_until = NULL, possible_duplicate = 1, updated_at = ?"
                 " WHERE state = 'inflight'",
+                (now, now),
+            )
+            conn.execute(
+                "UPDATE bounces SET state = 'pending', next_attempt_at = ?, lease_until = NULL,"
+                " updated_at = ? WHERE state = 'inflight'",
                 (now, now),
             )
             return cursor.rowcount

@@ -123,12 +123,76 @@ def test_queue_list_show_retry_delete(tmp_path, capsys):
     assert "queue is empty" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("action", ["show", "retry", "delete"])
+@pytest.mark.parametrize("action", ["show", "retry", "delete", "bounce"])
 def test_queue_unknown_id_exits_1(tmp_path, capsys, action):
     path = _config_with_queue(tmp_path)
+    Queue(tmp_path / "q.sqlite3").close()
     assert main(["queue", action, "NOSUCHID", "-c", str(path)]) == 1
     assert "no queued message with id 'NOSUCHID'" in capsys.readouterr().err
 
 
 def test_serve_with_bad_config_exits_78(tmp_path, capsys):
     assert main(["serve", "-c", str(tmp_path / "none.toml")]) == 78
+
+
+def _enqueue(tmp_path: Path, *numbers: str, age: float = 120) -> str:
+    with Queue(tmp_path / "q.sqlite3") as queue:
+        return queue.enqueue(
+            NewMessage(
+                envelope_from="alice@example.com",
+                from_header="alice@example.com",
+                subject=" ".join(numbers),
+                message_id="m1@example.com",
+                recipients=numbers,
+                text="Pump 2 failed",
+                sender_id="Brand",
+                received_at=time.time() - age,
+                size=100,
+                headers="From: alice",
+            )
+        )
+
+
+def test_queue_bounce_gives_up_and_shows_the_bounce_due(tmp_path, capsys):
+    path = _config_with_queue(tmp_path)
+    queue_id = _enqueue(tmp_path, "+61412345678", "+61498765432")
+    assert main(["queue", "bounce", queue_id, "-c", str(path)]) == 0
+    assert "gave up on 2 recipient(s)" in capsys.readouterr().out
+    assert main(["queue", "list", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert queue_id in out
+    assert "failed, bounce due" in out
+    assert main(["queue", "show", queue_id, "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "status=5.0.0" in out
+    assert "cancelled by the gateway's administrator" in out
+
+
+def test_queue_retry_all_makes_everything_due(tmp_path, capsys):
+    path = _config_with_queue(tmp_path)
+    ids = [_enqueue(tmp_path, "+61412345678"), _enqueue(tmp_path, "+61498765432")]
+    with Queue(tmp_path / "q.sqlite3") as queue:
+        for job in queue.claim(now=time.time(), lease=60, limit=5):
+            queue.mark_retry(
+                job.queue_id, job.recipients, now=time.time(), at=time.time() + 3600, error="busy"
+            )
+    assert main(["queue", "retry", "--all", "-c", str(path)]) == 0
+    assert "all messages: 2 recipient(s)" in capsys.readouterr().out
+    with Queue(tmp_path / "q.sqlite3") as queue:
+        assert {e.id for e in queue.entries()} == set(ids)
+        assert (queue.next_due() or 0) <= time.time()
+
+
+def test_queue_retry_needs_an_id_or_all(tmp_path, capsys):
+    path = _config_with_queue(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["queue", "retry", "-c", str(path)])
+    assert exited.value.code == 2
+    assert "ID" in capsys.readouterr().err
+
+
+def test_queue_commands_on_a_missing_queue_say_so_and_create_nothing(tmp_path, capsys):
+    path = _config_with_queue(tmp_path)
+    assert main(["queue", "list", "-c", str(path)]) == 1
+    assert "no queue at" in capsys.readouterr().err
+    assert not (tmp_path / "q.sqlite3").exists()

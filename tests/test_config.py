@@ -227,3 +227,29 @@ def test_malformed_sender_entries_are_refused_naming_them(tmp_path, entry):
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, SENDERS_TEMPLATE.format(entry=entry)))
     assert any(p.startswith("senders.allow") and entry in p for p in caught.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("relay", "starttls", "warned"),
+    [
+        ("smtp.office365.com:587", "auto", True),
+        ("smtp.office365.com:587", "never", True),
+        ("smtp.office365.com:587", "always", False),
+        ("127.0.0.1:25", "auto", False),
+    ],
+)
+def test_a_relay_password_without_verified_tls_is_warned_about(tmp_path, relay, starttls, warned):
+    text = MINIMAL + (
+        f'[bounce]\nrelay = "{relay}"\nstarttls = "{starttls}"\n'
+        'user = "bounces@example.com"\npassword = "hunter2-secret"\n'
+    )
+    notes = load_config(write(tmp_path, text)).warnings()
+    assert any("without verified TLS" in n for n in notes) is warned
+    assert not any("hunter2" in n for n in notes)
+
+
+def test_bounce_user_without_password_is_an_error(tmp_path):
+    text = MINIMAL + '[bounce]\nrelay = "127.0.0.1:25"\nuser = "bounces@example.com"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert any("bounce.user and bounce.password" in p for p in caught.value.problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 
@@ -10,6 +11,7 @@ from conftest import ALLOWED, GATEWAY, TOKEN, poll
 from fakes.relay import RecordingRelay
 from test_smtp import make_mail, transaction
 
+from mail2sms.cli import main
 from mail2sms.models import RecipientState
 
 pytestmark = pytest.mark.anyio
@@ -133,3 +135,56 @@ async def _bounce_state(app, queue_id: str, state: str):
 async def _bounce_error(app, queue_id: str):
     entry = await app.queue.get(queue_id)
     return entry if entry.bounce_error else None
+
+
+def cli_config(tmp_path, app) -> str:
+    path = tmp_path / "cli.toml"
+    path.write_text(
+        f'[gateway]\naddresses = ["{GATEWAY}"]\n[queue]\npath = "{app.queue.path}"\n',
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+async def test_queue_bounce_on_the_running_daemon_sends_the_bounce(
+    make_settings, start_app, fake_dataflows, tmp_path
+):
+    fake_dataflows.down = True
+    async with RecordingRelay() as relay:
+        app = await start_app(
+            settings_for(make_settings, fake_dataflows, relay, retry_initial=3600, retry_max=3600)
+        )
+        queue_id = await send(app, "+61412345678")
+        await poll(lambda: _last_error(app, queue_id))
+        code = await asyncio.to_thread(
+            main, ["queue", "bounce", queue_id, "-c", cli_config(tmp_path, app)]
+        )
+        assert code == 0
+        (bounce,) = await relay.wait_for(1)
+        message = email.message_from_bytes(bounce.data, policy=email.policy.default)
+        text = message.get_body(("plain",)).get_content()
+        assert "administrator" in text
+        assert fake_dataflows.sent == []
+
+
+async def test_queue_retry_on_the_running_daemon_sends_now(
+    make_settings, start_app, fake_dataflows, tmp_path
+):
+    fake_dataflows.down = True
+    app = await start_app(
+        settings_for(make_settings, fake_dataflows, None, retry_initial=3600, retry_max=3600)
+    )
+    queue_id = await send(app, "+61412345678")
+    await poll(lambda: _last_error(app, queue_id))
+    fake_dataflows.down = False
+    code = await asyncio.to_thread(
+        main, ["queue", "retry", queue_id, "-c", cli_config(tmp_path, app)]
+    )
+    assert code == 0
+    sent = await fake_dataflows.until_sent(1, timeout=3)  # IDLE_POLL is 1 s
+    assert [s.message for s in sent] == ["Pump 2 failed"]
+
+
+async def _last_error(app, queue_id: str):
+    entry = await app.queue.get(queue_id)
+    return entry if entry.recipients[0].last_error else None

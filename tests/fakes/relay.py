@@ -24,6 +24,7 @@ import email.policy
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Literal, Self
@@ -125,6 +126,8 @@ class _Handler:
         if refusal is not None:
             return refusal
         data = envelope.original_content or b""
+        if self.relay.on_data is not None and self.relay.on_data(data):
+            return "451 4.3.0 Dropped by the test"
         message = email.message_from_bytes(data, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         self.relay._transactions.append(
@@ -161,6 +164,9 @@ class RecordingRelay:
         self._transactions: list[Transaction] = []
         self._logins: list[Login] = []
         self._refusals: deque[_Refusal] = deque()
+        # Fault injection: called with the message at DATA; a true result drops it
+        # unrecorded (451), e.g. after the test SIGKILLed the daemon that sent it.
+        self.on_data: Callable[[bytes], bool] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
