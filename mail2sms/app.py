@@ -17,6 +17,7 @@ from mail2sms import __version__
 from mail2sms.bounce import Bouncer, RelayClient
 from mail2sms.config import Settings
 from mail2sms.delivery import Delivery
+from mail2sms.errors import InternalError, QueueError
 from mail2sms.log import get_logger
 from mail2sms.providers import build_provider
 from mail2sms.providers.base import Provider
@@ -42,6 +43,8 @@ class App:
         self.bouncer: Bouncer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self.failed = asyncio.Event()
+        """Set when a background task ended on its own: the daemon must exit and restart."""
 
     @property
     def smtp_port(self) -> int:
@@ -85,6 +88,8 @@ class App:
             asyncio.create_task(self.bouncer.run(), name="bouncer"),
             asyncio.create_task(self._prune_forever(self.queue), name="prune"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
         self.handler = GatewayHandler(
             Policy.from_settings(settings), self.queue, on_queued=lambda _id: self._wake()
         )
@@ -120,22 +125,35 @@ class App:
         """Delete settled messages older than ``queue.retention``, at start and hourly."""
         retention = self.settings.queue.retention
         while not self._stopping.is_set():
-            pruned = await queue.prune(before=time.time() - retention)
-            if pruned:
-                log.info("queue_pruned", messages=pruned, retention_s=retention)
+            try:
+                pruned = await queue.prune(before=time.time() - retention)
+            except QueueError as exc:
+                log.error("queue_error", loop="prune", error=str(exc))  # noqa: TRY400  expected
+            else:
+                if pruned:
+                    log.info("queue_pruned", messages=pruned, retention_s=retention)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), PRUNE_EVERY)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A background task must only end at stop; otherwise mail would pile up unsent."""
+        if self._stopping.is_set():
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error("task_ended", task=task.get_name(), exc_info=error)
+        self.failed.set()
 
     def _wake(self) -> None:
         if self.delivery is not None:
             self.delivery.wake()
 
     async def stop(self) -> None:
-        """Stop listening, finish SMTP transactions and sends within a bound, close."""
+        """Stop listening, finish SMTP transactions and sends within one grace time, close."""
         grace = self.settings.delivery.shutdown_grace
+        deadline = time.monotonic() + grace
         log.info("shutting_down", grace_s=grace)
         await self._stop_intake(grace)
-        await self._stop_workers(grace)
+        await self._stop_workers(max(0.0, deadline - time.monotonic()))
         if self.server is not None:
             await self.server.wait_closed()
         if self.client is not None:
@@ -154,17 +172,23 @@ class App:
             self.handler.close_sessions()
 
     async def _stop_workers(self, grace: float) -> None:
-        """Let sends and the bounce in flight finish within ``grace``; cancel the rest."""
+        """Let sends and the bounce in flight finish within ``grace``; cancel the rest.
+
+        A cancelled send or bounce stays leased in the queue and is sent again at the next
+        start (it may then arrive twice: see the delivery guarantee).
+        """
         self._stopping.set()
         if self.bouncer is not None:
             self.bouncer.stop()
         if self.delivery is not None:
-            await self.delivery.stop(grace)
+            await self.delivery.drain(grace)
         if self._tasks:
             _done, late = await asyncio.wait(self._tasks, timeout=grace)
             for task in late:
-                task.cancel()  # leased rows are recovered at the next start
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -172,6 +196,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     app = App(settings)
     try:
         await app.start()
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(app.failed.wait())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed.cancel()
     finally:
         await app.stop()
+    if app.failed.is_set():
+        raise InternalError("a background task ended unexpectedly; see the task_ended log event")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import re
 import smtplib
@@ -34,6 +33,7 @@ from mail2sms.config import BounceConfig, HostPort
 from mail2sms.delivery import backoff
 from mail2sms.errors import RelayDeferredError, RelayError, RelayRejectedError
 from mail2sms.log import get_logger
+from mail2sms.loop import QueueLoop
 from mail2sms.models import BounceJob, FailedRecipient
 
 if TYPE_CHECKING:
@@ -636,7 +636,7 @@ MIN_LEASE = 300.0
 NO_RELAY = "bounce.relay is empty: the failure is logged, no bounce mail is sent"
 
 
-class Bouncer:
+class Bouncer(QueueLoop):
     """Sends the bounces the queue owes, one at a time, retrying while the relay is down.
 
     Bounces are rare and a relay is better not hammered, so there is one sender. A bounce
@@ -644,6 +644,8 @@ class Bouncer:
     (counted from when it became owed), then dropped with an error in the log; one the relay
     refuses is dropped at once. A dropped bounce is never bounced.
     """
+
+    name = "bouncer"
 
     def __init__(
         self,
@@ -657,6 +659,7 @@ class Bouncer:
         clock: Callable[[], float],
         rng: Callable[[], float],
     ) -> None:
+        super().__init__()
         self.queue = queue
         self.relay = relay
         self.reporting_mta = reporting_mta
@@ -666,38 +669,18 @@ class Bouncer:
         self.clock = clock
         self.rng = rng
         self.lease = max(MIN_LEASE, 4 * relay.timeout) if relay is not None else MIN_LEASE
-        self._wake = asyncio.Event()
-        self._stopping = False
 
-    def wake(self) -> None:
-        """A message just failed: look for owed bounces now."""
-        self._wake.set()
-
-    @property
-    def stopping(self) -> bool:
-        """``stop`` was called."""
-        return self._stopping
-
-    def stop(self) -> None:
-        """Finish the bounce being sent, then return from ``run``."""
-        self._stopping = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Claim and send owed bounces until ``stop``."""
-        while not self._stopping:
-            self._wake.clear()
-            jobs = await self.queue.claim_bounces(now=self.clock(), lease=self.lease, limit=BATCH)
-            for job in jobs:
-                if self.stopping:  # a claimed bounce left unsent is reclaimed after its lease
-                    return
-                await self._send(job)
-            if len(jobs) == BATCH:
-                continue
-            due = await self.queue.next_bounce_due()
-            timeout = IDLE_POLL if due is None else min(IDLE_POLL, max(0.0, due - self.clock()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+    async def _pass(self) -> None:
+        """Send the bounces that are due, one after the other, then wait for more."""
+        jobs = await self.queue.claim_bounces(now=self.clock(), lease=self.lease, limit=BATCH)
+        for job in jobs:
+            if self.stopping:  # a claimed bounce left unsent is sent again at the next start
+                return
+            await self._send(job)
+        if len(jobs) == BATCH:
+            return
+        due = await self.queue.next_bounce_due()
+        await self.nap(IDLE_POLL if due is None else min(IDLE_POLL, max(0.0, due - self.clock())))
 
     async def _send(self, job: BounceJob) -> None:
         context = {"queue_id": job.queue_id, "to": job.envelope_from, "attempt": job.attempts}

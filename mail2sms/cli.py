@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from mail2sms import __version__
 from mail2sms.config import Settings, load_config
-from mail2sms.errors import ConfigError, NotFoundError, QueueError
+from mail2sms.errors import ConfigError, InternalError, NotFoundError, QueueError
 
 if TYPE_CHECKING:  # the queue module is imported only by the queue commands
     from mail2sms.queue import Queue, QueueEntry
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the queue module is imported only by the queue commands
 EX_OK = 0
 EX_FAILURE = 1
 EX_USAGE = 64
+EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 DEFAULT_CONFIG = Path("/etc/mail2sms/config.toml")
@@ -129,9 +130,9 @@ def cmd_serve(path: Path) -> int:
 
     try:
         asyncio.run(main())
-    except QueueError as error:
+    except (QueueError, InternalError) as error:
         print(f"mail2sms: {error}", file=sys.stderr)
-        return EX_TEMPFAIL
+        return EX_TEMPFAIL if isinstance(error, QueueError) else EX_SOFTWARE
     except OSError as error:
         print(
             f"mail2sms: cannot listen on {settings.smtp.listen}: {error.strerror}", file=sys.stderr
@@ -172,20 +173,16 @@ def cmd_queue(path: Path, args: argparse.Namespace) -> int:
         return EX_FAILURE
     try:
         queue = Queue(settings.queue.path)
-    except QueueError as error:
-        print(f"mail2sms: {error}", file=sys.stderr)
-        return EX_TEMPFAIL
-    command = _QUEUE_COMMANDS.get(args.queue_command)
-    if command is None:
-        queue.close()
-        return EX_USAGE
-    try:
-        command(queue, args, time.time())
+        try:
+            _QUEUE_COMMANDS[args.queue_command](queue, args, time.time())
+        finally:
+            queue.close()
     except NotFoundError:
         print(f"mail2sms: no queued message with id {args.queue_id!r}", file=sys.stderr)
         return EX_FAILURE
-    finally:
-        queue.close()
+    except QueueError as error:  # cannot open, locked past the busy timeout, disk full
+        print(f"mail2sms: {error}; try again", file=sys.stderr)
+        return EX_TEMPFAIL
     return EX_OK
 
 

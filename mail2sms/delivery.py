@@ -9,7 +9,6 @@ the next start's recovery) hands them out again: at-least-once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from mail2sms.errors import (
     TransientProviderError,
 )
 from mail2sms.log import get_logger
+from mail2sms.loop import QueueLoop
 from mail2sms.models import ClaimedJob, Outcome, RecipientResult, SmsBatch
 from mail2sms.providers.base import Provider
 from mail2sms.queue import AsyncQueue
@@ -57,8 +57,10 @@ def chunks(numbers: Sequence[str], size: int) -> list[tuple[str, ...]]:
     return [tuple(numbers[i : i + size]) for i in range(0, len(numbers), size)]
 
 
-class Delivery:
+class Delivery(QueueLoop):
     """The dispatcher and its workers."""
+
+    name = "delivery"
 
     def __init__(
         self,
@@ -71,6 +73,7 @@ class Delivery:
         rng: Callable[[], float] = random.random,
         on_failed: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__()
         self.queue = queue
         self._on_failed = on_failed or (lambda: None)
         self.provider = provider
@@ -78,41 +81,32 @@ class Delivery:
         self.clock = clock
         self.rng = rng
         self.lease = max(MIN_LEASE, request_timeout * 4)
-        self._wake = asyncio.Event()
-        self._stopping = False
         self._active: set[asyncio.Task[None]] = set()
-
-    def wake(self) -> None:
-        """New work was queued (or a worker finished): look at the queue now."""
-        self._wake.set()
 
     async def run(self) -> None:
         """Claim and dispatch until ``stop`` is called."""
         log.info("delivery_started", provider=self.provider.name, workers=self.config.workers)
-        while not self._stopping:
-            self._wake.clear()
-            free = self.config.workers - len(self._active)
-            claimed: list[ClaimedJob] = []
-            if free > 0:
-                claimed = await self.queue.claim(now=self.clock(), lease=self.lease, limit=free)
-                for job in claimed:
-                    task = asyncio.create_task(self._deliver(job), name=f"deliver-{job.queue_id}")
-                    self._active.add(task)
-                    task.add_done_callback(self._finished)
-            if claimed and len(claimed) == free:
-                continue  # there may be more due work; claim again once a worker frees up
-            await self._sleep(free - len(claimed))
+        await super().run()
 
-    async def _sleep(self, free: int) -> None:
-        timeout = IDLE_POLL
+    async def _pass(self) -> None:
+        """Claim what is due for the free workers, start them, then wait for more work."""
+        free = self.config.workers - len(self._active)
+        claimed: list[ClaimedJob] = []
         if free > 0:
+            claimed = await self.queue.claim(now=self.clock(), lease=self.lease, limit=free)
+            # started even when stop() came meanwhile: stop() waits for this pass, then them
+            for job in claimed:
+                task = asyncio.create_task(self._deliver(job), name=f"deliver-{job.queue_id}")
+                self._active.add(task)
+                task.add_done_callback(self._finished)
+        if claimed and len(claimed) == free:
+            return  # there may be more due work; claim again once a worker frees up
+        timeout = IDLE_POLL
+        if free > len(claimed):
             due = await self.queue.next_due()
             if due is not None:
                 timeout = min(IDLE_POLL, max(0.0, due - self.clock()))
-        if self._stopping:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await self.nap(timeout)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
@@ -120,15 +114,18 @@ class Delivery:
             log.error("delivery_task_crashed", exc_info=task.exception())
         self._wake.set()
 
-    async def stop(self, grace: float) -> None:
+    async def drain(self, grace: float) -> None:
         """Stop claiming; let sends in flight finish within ``grace`` seconds, then cancel.
 
-        A cancelled send leaves its rows leased; the next start recovers and resends them.
+        The dispatcher's pass in progress ends first, so a claim it is making is sent (and
+        recorded) too. A cancelled send leaves its rows leased; the next start resends them.
         """
-        self._stopping = True
-        self._wake.set()
+        deadline = time.monotonic() + grace
+        self.stop()
+        await self.ended(grace)
         if self._active:
-            _done, pending = await asyncio.wait(set(self._active), timeout=grace)
+            remaining = max(0.0, deadline - time.monotonic())
+            _done, pending = await asyncio.wait(set(self._active), timeout=remaining)
             for task in pending:
                 task.cancel()
             if pending:

@@ -21,9 +21,10 @@ reply to send, a provider error says whether to retry or bounce.
     │   ├── TransientProviderError   try again later (timeouts, 429, 5xx, "try later")
     │   │   └── ProviderAccountError the operator's token, balance or plan: keep mail queued
     │   └── PermanentProviderError   the provider refused for good: bounce
-    └── RelayError                   sending a bounce through bounce.relay failed
-        ├── RelayDeferredError       relay unreachable or 4xx: keep the bounce, retry later
-        └── RelayRejectedError       relay refused for good (5xx): log and drop, never re-bounce
+    ├── RelayError                   sending a bounce through bounce.relay failed
+    │   ├── RelayDeferredError       relay unreachable or 4xx: keep the bounce, retry later
+    │   └── RelayRejectedError       relay refused for good (5xx): log and drop, never re-bounce
+    └── InternalError                the daemon cannot go on (a background task ended): exit 70
 """
 
 from __future__ import annotations
@@ -164,3 +165,7 @@ class RelayDeferredError(RelayError):
 
 class RelayRejectedError(RelayError):
     """The relay refused the bounce for good (5xx): log it and drop it, never bounce it."""
+
+
+class InternalError(Mail2SmsError):
+    """The daemon cannot go on; it exits non-zero so systemd restarts it."""

@@ -15,6 +15,7 @@ from mail2sms.delivery import Delivery, backoff, chunks
 from mail2sms.errors import (
     PermanentProviderError,
     ProviderAccountError,
+    QueueUnavailableError,
     TransientProviderError,
 )
 from mail2sms.models import NewMessage, Outcome, RecipientResult, RecipientState, SmsBatch
@@ -103,7 +104,7 @@ async def run_delivery(queue):
 
     yield start
     for delivery, task in started:
-        await delivery.stop(1)
+        await delivery.drain(1)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -287,8 +288,48 @@ async def test_stop_lets_a_send_in_flight_finish(queue, run_delivery):
     queue_id = await queue.enqueue(message("+61412345678"))
     delivery = run_delivery(provider)
     await poll(lambda: provider.in_flight == 1)
-    stopping = asyncio.create_task(delivery.stop(5))
+    stopping = asyncio.create_task(delivery.drain(5))
     provider.gate.set()
     await stopping
     entry = await queue.get(queue_id)
     assert states(entry) == {"+61412345678": RecipientState.SENT}
+
+
+async def test_a_queue_error_in_the_dispatcher_is_survived(queue, run_delivery, monkeypatch):
+    monkeypatch.setattr("mail2sms.loop.ERROR_PAUSE", 0.01)
+    real_claim = queue.claim
+    failures = [QueueUnavailableError("queue q.sqlite3 is unavailable: database is locked")]
+
+    async def flaky_claim(**kwargs):
+        if failures:
+            raise failures.pop()
+        return await real_claim(**kwargs)
+
+    monkeypatch.setattr(queue, "claim", flaky_claim)
+    provider = ScriptedProvider([Outcome.SENT])
+    queue_id = await queue.enqueue(message("+61412345678"))
+    run_delivery(provider)
+    await wait_state(queue, queue_id, lambda s: s["+61412345678"] is RecipientState.SENT)
+    assert failures == []
+
+
+async def test_drain_waits_for_a_claim_in_progress_and_sends_it(queue, run_delivery):
+    provider = ScriptedProvider([Outcome.SENT])
+    gate, claiming = asyncio.Event(), asyncio.Event()
+    real_claim = queue.claim
+
+    async def slow_claim(**kwargs):
+        claiming.set()
+        await gate.wait()
+        return await real_claim(**kwargs)
+
+    queue.claim = slow_claim
+    queue_id = await queue.enqueue(message("+61412345678"))
+    delivery = run_delivery(provider)
+    await claiming.wait()
+    draining = asyncio.create_task(delivery.drain(5))
+    gate.set()
+    await draining
+    entry = await queue.get(queue_id)
+    # the claimed message was sent and recorded before drain returned: nothing left leased
+    assert entry.recipients[0].state is RecipientState.SENT
