@@ -34,6 +34,7 @@ from mail2sms.delivery import backoff
 from mail2sms.errors import RelayDeferredError, RelayError, RelayRejectedError
 from mail2sms.log import get_logger
 from mail2sms.loop import QueueLoop
+from mail2sms.mail_address import ascii_hostname, plain_address
 from mail2sms.models import BounceJob, FailedRecipient
 
 if TYPE_CHECKING:
@@ -69,9 +70,7 @@ _AUTH_REQUIRED = 530
 _WORD_BYTES = 45  # 45 bytes → 60 base64 characters → a 72-character encoded word
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
+_DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")  # a Message-ID's halves
 _STATUS = re.compile(r"[45]\.\d{1,3}\.\d{1,3}")
 _E164 = re.compile(r"\+\d{6,15}")
 _SPACES = re.compile(r"\s+")
@@ -123,22 +122,17 @@ def _ascii(text: str) -> str:
 
 def _checked_address(address: str, what: str) -> str:
     """``local@domain`` in plain ASCII, or ValueError: it is written into a header as is."""
-    local, at, domain = address.rpartition("@")
-    if (
-        not at
-        or len(address) > 254  # noqa: PLR2004  RFC 5321's path limit
-        or not _DOT_ATOM.fullmatch(local)
-        or not _HOSTNAME.fullmatch(domain)
-        or "=?" in local  # an encoded word that some readers would decode
-    ):
-        raise ValueError(f"{what} {address!r} is not a plain email address")
-    return address
+    try:
+        return plain_address(address)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def _checked_hostname(name: str, what: str) -> str:
-    if not _HOSTNAME.fullmatch(name):
-        raise ValueError(f"{what} {name!r} is not a host name")
-    return name
+    try:
+        return ascii_hostname(name)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def _message_id(value: str | None) -> str | None:
@@ -405,9 +399,9 @@ def build_dsn(
     if not job.envelope_from:
         raise ValueError(f"message {job.queue_id}: no bounce goes to the null sender <>")
     to = _checked_address(job.envelope_from, "envelope sender")
-    _checked_address(from_address, "bounce sender")
-    _checked_hostname(reporting_mta, "reporting MTA")
-    _checked_hostname(recipient_domain, "recipient domain")
+    from_address = _checked_address(from_address, "bounce sender")
+    reporting_mta = _checked_hostname(reporting_mta, "reporting MTA")
+    recipient_domain = _checked_hostname(recipient_domain, "recipient domain")
     subject = _one_line(job.subject, SUBJECT_LIMIT)
     queue_id = _queue_id(job.queue_id)
 
@@ -483,7 +477,7 @@ class RelayClient:
         """
         if self._config.relay is None:
             raise ValueError("bounce.relay is not set: there is no relay to send bounces to")
-        _checked_address(to, "bounce recipient")
+        to = _checked_address(to, "bounce recipient")
         await asyncio.to_thread(self._send_sync, self._config.relay, to, message)
 
     @property

@@ -7,7 +7,6 @@ raises ``ConfigError`` and the CLI decides what to print and which code to exit 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -37,6 +36,7 @@ from pydantic_settings import (
 )
 
 from mail2sms.errors import ConfigError
+from mail2sms.mail_address import ascii_domain, ascii_hostname, plain_address
 
 ENV_PREFIX = "MAIL2SMS_"
 CREDENTIAL_TOKEN = "provider_token"  # noqa: S105  the file's name under $CREDENTIALS_DIRECTORY
@@ -118,41 +118,21 @@ def _optional_host_port(value: object) -> HostPort | None:
 RelayAddress = Annotated[HostPort | None, NoDecode, BeforeValidator(_optional_host_port)]
 
 
-# Gateways live on internal networks: devices send from names such as ups@panel.local or
-# alarm@[192.0.2.7]. email-validator refuses special-use domains (.local, .internal) even
-# without deliverability checks, so it checks the local part and we check the domain.
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-
-
 def _normalise_email(value: str) -> str:
+    """An allowlist or gateway address: any valid local part, the domain in ASCII, lower case.
+
+    email-validator refuses special-use domains (.local, .internal) even without
+    deliverability checks, so it checks the local part and mail_address the domain.
+    """
     local, at, domain = value.strip().rpartition("@")
     if not at:
         raise ValueError(f"{value!r} is not an email address: it needs an @-sign")
     try:
         checked = validate_email(f"{local}@example.com", check_deliverability=False)
-        domain = _normalise_domain(domain, literal_ok=True)
+        domain = ascii_domain(domain)
     except (EmailNotValidError, ValueError) as exc:
         raise ValueError(f"{value!r} is not an email address: {exc}") from None
     return f"{checked.local_part}@{domain}".lower()
-
-
-def _normalise_domain(value: str, *, literal_ok: bool = False) -> str:
-    domain = value.strip().lower().rstrip(".")
-    if literal_ok and domain.startswith("[") and domain.endswith("]"):
-        address = domain[1:-1].removeprefix("ipv6:")
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address literal") from None
-        return domain
-    try:
-        ascii_name = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValueError(f"{value!r} is not a domain name") from None
-    if len(ascii_name) > 253 or not _HOSTNAME.fullmatch(ascii_name):  # noqa: PLR2004  RFC 1035
-        raise ValueError(f"{value!r} is not a domain name")
-    return domain
 
 
 class Section(BaseModel):
@@ -165,10 +145,16 @@ class SmtpConfig(Section):
     """The SMTP listener."""
 
     listen: ListenAddress = HostPort("127.0.0.1", 2525)
-    hostname: str = Field(default_factory=socket.getfqdn, min_length=1)
+    hostname: str = Field(default_factory=socket.getfqdn, validate_default=True)
     max_message_size: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_received: int = Field(default=30, ge=1, le=1000)
     accept_auto_generated: bool = True
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        # it names us in bounces (Reporting-MTA, Message-ID) and in the EHLO reply
+        return ascii_hostname(value)
 
 
 class GatewayConfig(Section):
@@ -188,7 +174,7 @@ class GatewayConfig(Section):
     @field_validator("domains")
     @classmethod
     def _domains(cls, value: list[str]) -> list[str]:
-        return [_normalise_domain(d) for d in value]
+        return [ascii_hostname(d) for d in value]
 
     @field_validator("default_region")
     @classmethod
@@ -229,7 +215,7 @@ class SendersConfig(Section):
     @classmethod
     def _allow(cls, value: list[str]) -> list[str]:
         return [
-            "@" + _normalise_domain(item.strip()[1:])
+            "@" + ascii_domain(item.strip()[1:]).lower()
             if item.strip().startswith("@")
             else _normalise_email(item)
             for item in value
@@ -312,7 +298,7 @@ class BounceConfig(Section):
     @field_validator("from_")
     @classmethod
     def _from(cls, value: str) -> str:
-        return _normalise_email(value) if value.strip() else ""
+        return plain_address(value).lower() if value.strip() else ""
 
     @model_validator(mode="after")
     def _credentials(self) -> Self:

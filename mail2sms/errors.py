@@ -8,6 +8,7 @@ reply to send, a provider error says whether to retry or bounce.
     ├── MailRefusedError             refuse at SMTP time; carries code, enhanced status, text
     │   ├── RecipientRefusedError    550 5.1.1 not a gateway address, number or alias
     │   ├── SenderRefusedError       550 5.7.1 sender not allowed
+    │   ├── BadSenderAddressError    553 5.1.7 a sender address a bounce cannot go to
     │   ├── BadNumberError           550 5.1.3 no usable phone number
     │   ├── EmptyTextError           550 5.6.0 nothing to send
     │   ├── TooLongError             552 5.3.4 text or message too long
@@ -169,3 +170,10 @@ class RelayRejectedError(RelayError):
 
 class InternalError(Mail2SmsError):
     """The daemon cannot go on; it exits non-zero so systemd restarts it."""
+
+
+class BadSenderAddressError(MailRefusedError):
+    """The envelope sender is not a plain address, so a bounce could never reach it."""
+
+    code = 553
+    status = "5.1.7"

@@ -20,6 +20,7 @@ from mail2sms.addressing import parse_numbers, parse_rcpt
 from mail2sms.config import Settings
 from mail2sms.errors import (
     AutoReplyRefusedError,
+    BadSenderAddressError,
     EmptyTextError,
     MailLoopError,
     MailRefusedError,
@@ -27,6 +28,7 @@ from mail2sms.errors import (
     SenderRefusedError,
 )
 from mail2sms.log import get_logger
+from mail2sms.mail_address import ascii_domain, plain_address
 from mail2sms.mail_parse import header_block, parse_mail
 from mail2sms.models import MailContent, NewMessage, RcptTarget
 from mail2sms.queue import AsyncQueue
@@ -112,12 +114,18 @@ class Policy:
         )
 
     def sender_allowed(self, address: str) -> bool:
-        """An exact address (case-insensitive) or ``@domain`` in senders.allow."""
-        address = address.strip().lower()
-        if "@" not in address:
+        """An exact address (case-insensitive) or ``@domain`` in senders.allow.
+
+        The domain is compared in its ASCII form, as the allowlist stores it.
+        """
+        local, at, domain = address.strip().rpartition("@")
+        if not at:
             return False
-        domain = "@" + address.rsplit("@", 1)[1]
-        return address in self.allow or domain in self.allow
+        try:
+            domain = "@" + ascii_domain(domain).lower()
+        except ValueError:
+            return False
+        return f"{local.lower()}{domain}" in self.allow or domain in self.allow
 
 
 def check_sender(policy: Policy, address: str, *, where: str) -> None:
@@ -132,6 +140,20 @@ def check_sender(policy: Policy, address: str, *, where: str) -> None:
             f"{where} <{address}> is not allowed to send SMS through this gateway; "
             "ask its administrator to add it"
         )
+
+
+def check_reverse_path(address: str) -> None:
+    """Refuse an envelope sender a bounce could not be sent to (quoted or non-ASCII names).
+
+    Refusing now tells the sender at once; accepting would leave a failure unreportable.
+    """
+    try:
+        plain_address(address)
+    except ValueError:
+        raise BadSenderAddressError(
+            f"Sender <{address}> cannot receive delivery reports from this gateway: "
+            "send from a plain address such as name@example.com"
+        ) from None
 
 
 def check_not_automatic(content: MailContent, policy: Policy) -> None:
@@ -242,6 +264,7 @@ class GatewayHandler:
         """Refuse a sender that is not allowed before it sends anything else."""
         try:
             check_sender(self.policy, address, where="Sender")
+            check_reverse_path(address)
         except MailRefusedError as refused:
             log.info("smtp_refused", stage="MAIL", reply=refused.reply, peer=_peer(session))
             return refused.reply

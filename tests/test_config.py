@@ -253,3 +253,28 @@ def test_bounce_user_without_password_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
     assert any("bounce.user and bounce.password" in p for p in caught.value.problems)
+
+
+def test_internationalised_domains_are_stored_in_ascii(tmp_path):
+    text = (
+        '[gateway]\naddresses = ["sms@sms.bücher.example"]\ndomains = ["sms.bücher.example"]\n'
+        '[senders]\nallow = ["@bücher.example"]\n[smtp]\nhostname = "Sms.Bücher.Example."\n'
+    )
+    settings = load_config(write(tmp_path, text))
+    assert settings.gateway.domains == ["sms.xn--bcher-kva.example"]
+    assert settings.senders.allow == ["@xn--bcher-kva.example"]
+    assert settings.smtp.hostname == "sms.xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[smtp]\nhostname = "sms_gw.example"\n', "smtp.hostname"),
+        ('[bounce]\nfrom = "jörg@example.org"\n', "bounce.from"),
+        ('[bounce]\nfrom = "\\"mailer daemon\\"@example.org"\n', "bounce.from"),
+    ],
+)
+def test_names_a_bounce_could_not_carry_are_config_errors(tmp_path, text, key):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, MINIMAL + text))
+    assert any(p.startswith(key) for p in caught.value.problems), caught.value.problems

@@ -75,3 +75,19 @@ async def test_too_many_received_headers_is_a_loop_554_546(make_settings, start_
     assert replies[-1][1].startswith("5.4.6 Mail loop detected: the message passed 6")
     ok = await transaction(app.smtp_port, ALLOWED, [GATEWAY], with_headers(make_mail(), *hops[:5]))
     assert ok[-1][0] == 250
+
+
+@pytest.mark.parametrize("sender", ['"john smith"@example.org', "a..b@example.org"])
+async def test_a_sender_no_bounce_could_reach_is_refused_553_517(make_settings, start_app, sender):
+    app = await start_app(make_settings())
+    replies = await transaction(app.smtp_port, sender, [GATEWAY], make_mail())
+    assert replies == [(553, replies[0][1])]
+    assert replies[0][1].startswith("5.1.7 ")
+    assert "plain address" in replies[0][1]
+
+
+async def test_an_address_literal_sender_can_be_allowed(make_settings, start_app):
+    app = await start_app(make_settings(senders={"allow": ["alarm@[192.0.2.7]"]}))
+    raw = make_mail(sender="alarm@[192.0.2.7]")
+    replies = await transaction(app.smtp_port, "alarm@[192.0.2.7]", [GATEWAY], raw)
+    assert replies[-1][0] == 250
