@@ -35,7 +35,7 @@ from mail2sms.errors import RelayDeferredError, RelayError, RelayRejectedError
 from mail2sms.log import get_logger
 from mail2sms.loop import QueueLoop
 from mail2sms.mail_address import ascii_hostname, plain_address
-from mail2sms.models import BounceJob, FailedRecipient
+from mail2sms.models import CANCELLED_BY_ADMIN, BounceJob, FailedRecipient
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -251,6 +251,11 @@ def _why(failed: FailedRecipient, received_at: float) -> list[str]:
     status = _status(failed.status)
     reason = _one_line(failed.reason, REASON_LIMIT) or "no reason was given"
     tries = f"{failed.attempts} attempt{'s' * (failed.attempts != 1)}"
+    if failed.reason.startswith(CANCELLED_BY_ADMIN):  # the operator's own errors stay private
+        return [
+            "  Why: the administrator of the SMS gateway cancelled the delivery.",
+            "  What to do: ask your IT administrator if it should still be sent.",
+        ]
     if status.startswith("5.1."):
         return [
             "  Why: this number is not valid, or it cannot receive text messages.",
@@ -260,7 +265,7 @@ def _why(failed: FailedRecipient, received_at: float) -> list[str]:
     if status.startswith("4."):
         waited = _duration(max(0.0, failed.last_attempt_at - received_at))
         return [
-            f"  Why: the SMS service could not be reached for {waited} ({tries}),",
+            f"  Why: the SMS service could not deliver it for {waited} ({tries}),",
             "  so delivery was abandoned.",
             f"  Last problem: {reason}",
             "  What to do: send your email again later, or tell your IT administrator.",

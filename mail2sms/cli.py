@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from mail2sms import __version__
 from mail2sms.config import Settings, load_config
 from mail2sms.errors import ConfigError, InternalError, NotFoundError, QueueError
+from mail2sms.models import CANCELLED_BY_ADMIN
 
 if TYPE_CHECKING:  # the queue module is imported only by the queue commands
     from mail2sms.queue import Queue, QueueEntry
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every waiting message")
     for name, text in (
         ("delete", "delete a message: no SMS, no bounce"),
-        ("bounce", "give up on a message now: its sender gets a bounce"),
+        ("bounce", "give up on a message now: its sender gets a bounce (if bounce.relay is set)"),
     ):
         qsub.add_parser(name, parents=[common], help=text).add_argument("queue_id", metavar="ID")
     return parser
@@ -186,9 +187,6 @@ def cmd_queue(path: Path, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-GAVE_UP_BY_ADMIN = "delivery was cancelled by the gateway's administrator"
-
-
 def _queue_list(queue: Queue, args: argparse.Namespace, now: float) -> None:
     entries = queue.entries(include_finished=args.all)
     if args.json:
@@ -244,7 +242,7 @@ def _queue_retry(queue: Queue, args: argparse.Namespace, now: float) -> None:
 
 
 def _queue_bounce(queue: Queue, args: argparse.Namespace, now: float) -> None:
-    count = queue.give_up(args.queue_id, now=now, reason=GAVE_UP_BY_ADMIN)
+    count = queue.give_up(args.queue_id, now=now, reason=CANCELLED_BY_ADMIN)
     entry = queue.get(args.queue_id)
     inflight = sum(r.state == "inflight" for r in entry.recipients)
     note = f"; {inflight} being sent now, the bounce follows when they finish" if inflight else ""

@@ -47,6 +47,7 @@ _LINE_BREAK = re.compile(r"\r\n|\r")
 # other line separators), since header values end up in logs, queue rows and DSNs.
 _HEADER_LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
 _FOLD = re.compile(r"\r\n|\r|\n")
+_COMMENT = re.compile(r"\([^()]*\)")
 _BLANK_RUN = re.compile(r"\n{3,}")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ANGLE_ID = re.compile(r"<([^<>]*)>")
@@ -154,12 +155,20 @@ def _parse(raw: bytes) -> MailContent:
         date=date,
         body=_body(message),
         content_type=message.get_content_type(),
-        auto_submitted=_plain_header(_first(headers, "auto-submitted"))
-        .split(";")[0]
-        .strip()
-        .lower(),
+        auto_submitted=_keyword(_first(headers, "auto-submitted")),
         received=len(headers.get("received", [])),
     )
+
+
+def _keyword(value: str | None) -> str:
+    """A structured header's keyword, without parameters or RFC 5322 comments.
+
+    ``Auto-Replied (vacation); owner=x`` gives ``auto-replied``.
+    """
+    text = _plain_header(value)
+    for _ in range(3):  # comments nest; three levels is more than any mailer writes
+        text = _COMMENT.sub(" ", text)
+    return text.split(";")[0].strip().lower()
 
 
 def _first(headers: dict[str, list[str]], name: str) -> str | None:

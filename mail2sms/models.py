@@ -127,6 +127,10 @@ class RecipientResult:
     provider_ref: str | None = None
 
 
+CANCELLED_BY_ADMIN = "delivery was cancelled by the gateway's administrator"
+"""The reason ``queue bounce`` records; a bounce words it for the sender on its own."""
+
+
 @dataclass(frozen=True, slots=True)
 class FailedRecipient:
     """One number a bounce reports: RFC 3463 ``status`` and the reason in plain words."""

@@ -109,6 +109,7 @@ CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt_at)
 _SCHEMA_V2 = """
 ALTER TABLE recipients ADD COLUMN dsn_status TEXT;
 ALTER TABLE messages ADD COLUMN finished_at REAL;
+ALTER TABLE messages ADD COLUMN cancelled TEXT;
 CREATE TABLE IF NOT EXISTS bounces (
     queue_id        TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
     state           TEXT NOT NULL CHECK (state IN ('pending', 'inflight', 'sent', 'dropped')),
@@ -121,9 +122,6 @@ CREATE TABLE IF NOT EXISTS bounces (
 );
 CREATE INDEX IF NOT EXISTS bounces_due ON bounces (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at);
-UPDATE messages SET finished_at = received_at
-WHERE NOT EXISTS (SELECT 1 FROM recipients
-                  WHERE queue_id = messages.id AND state IN ('pending', 'inflight'));
 """
 _MIGRATIONS = {1: _SCHEMA, 2: _SCHEMA_V2}
 
@@ -141,6 +139,31 @@ SELECT id, 'pending', :now, :now, :now FROM messages
 WHERE id = :queue_id AND finished_at IS NOT NULL AND envelope_from != ''
   AND EXISTS (SELECT 1 FROM recipients WHERE queue_id = :queue_id AND state = 'failed')
 """
+# At start-up, after the leases are released: settle what a crash (or an upgrade from
+# schema 1) left unsettled. A cancelled message's released rows fail as the administrator
+# asked; a message with nothing left to send is stamped finished and owes its bounce.
+_REPAIR = (
+    """
+    UPDATE recipients SET state = 'failed', dsn_status = '5.0.0', updated_at = :now,
+        last_error = (SELECT cancelled FROM messages WHERE id = recipients.queue_id)
+    WHERE state = 'pending'
+      AND queue_id IN (SELECT id FROM messages WHERE cancelled IS NOT NULL)
+    """,
+    """
+    INSERT OR IGNORE INTO bounces (queue_id, state, next_attempt_at, created_at, updated_at)
+    SELECT id, 'pending', :now, :now, :now FROM messages
+    WHERE finished_at IS NULL AND envelope_from != ''
+      AND NOT EXISTS (SELECT 1 FROM recipients
+                      WHERE queue_id = messages.id AND state IN ('pending', 'inflight'))
+      AND EXISTS (SELECT 1 FROM recipients WHERE queue_id = messages.id AND state = 'failed')
+    """,
+    """
+    UPDATE messages SET finished_at = :now
+    WHERE finished_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM recipients
+                      WHERE queue_id = messages.id AND state IN ('pending', 'inflight'))
+    """,
+)
 _DUE_BOUNCES = """
 SELECT queue_id, attempts, created_at FROM bounces
 WHERE (state = 'pending' AND next_attempt_at <= :now)
@@ -527,6 +550,8 @@ class Queue:
                 " updated_at = ? WHERE state = 'inflight'",
                 (now, now),
             )
+            for statement in _REPAIR:
+                conn.execute(statement, {"now": now})
             return cursor.rowcount
 
     def claim(self, *, now: float, lease: float, limit: int) -> list[ClaimedJob]:
@@ -587,8 +612,23 @@ class Queue:
     def mark_retry(
         self, queue_id: str, recipients: Sequence[str], *, now: float, at: float, error: str
     ) -> None:
-        """Put inflight recipients back to wait until ``at``, keeping why they failed."""
+        """Put inflight recipients back to wait until ``at``, keeping why they failed.
+
+        If ``queue bounce`` cancelled the message while they were being sent, they fail
+        instead, as the administrator asked.
+        """
         with self._write() as conn:
+            row = conn.execute("SELECT cancelled FROM messages WHERE id = ?", (queue_id,))
+            cancelled = (row.fetchone() or [None])[0]
+            if cancelled is not None:
+                conn.executemany(
+                    "UPDATE recipients SET state = 'failed', lease_until = NULL,"
+                    " dsn_status = '5.0.0', last_error = ?, updated_at = ?"
+                    " WHERE queue_id = ? AND number = ? AND state = 'inflight'",
+                    [(f"{cancelled} (last error: {error})", now, queue_id, n) for n in recipients],
+                )
+                _finish(conn, queue_id, now)
+                return
             conn.executemany(
                 "UPDATE recipients SET state = 'pending', next_attempt_at = ?,"
                 " lease_until = NULL, last_error = ?, updated_at = ?"
@@ -623,6 +663,7 @@ class Queue:
         """
         with self._write() as conn:
             _require(conn, queue_id)
+            conn.execute("UPDATE messages SET cancelled = ? WHERE id = ?", (reason, queue_id))
             cursor = conn.execute(
                 "UPDATE recipients SET state = 'failed', dsn_status = ?, updated_at = ?,"
                 " last_error = CASE WHEN last_error IS NULL THEN ?"
@@ -724,6 +765,8 @@ class Queue:
     def retry_now(self, queue_id: str | None, *, now: float) -> int:
         """Make waiting recipients and bounces due now (all when ``queue_id`` is None).
 
+        For one message, a dropped bounce is owed again (after the relay was fixed).
+
         Returns how many recipients and bounces were made due.
         """
         with self._write() as conn:
@@ -736,6 +779,12 @@ class Queue:
                 count += conn.execute(
                     f"UPDATE {table} SET next_attempt_at = :now, updated_at = :now"  # noqa: S608  constant names
                     f" WHERE {where}",
+                    params,
+                ).rowcount
+            if queue_id is not None:  # one message: a dropped bounce gets another chance
+                count += conn.execute(
+                    "UPDATE bounces SET state = 'pending', next_attempt_at = :now,"
+                    " updated_at = :now WHERE queue_id = :id AND state = 'dropped'",
                     params,
                 ).rowcount
             return count

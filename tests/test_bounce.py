@@ -343,7 +343,7 @@ def test_plain_words_name_numbers_reasons_and_what_to_do():
         assert failed.reason in body
     assert "this number is not valid" in body
     assert "check the number" in body
-    assert "could not be reached for 2 days (57 attempts)" in body
+    assert "could not deliver it for 2 days (57 attempts)" in body
     assert "delivery was abandoned" in body
     assert "send your email again later, or tell your IT administrator" in body
     assert f"the SMS provider refused the message: {REFUSED.reason}" in body
@@ -377,7 +377,7 @@ def test_dates_can_be_shown_in_the_local_zone():
 )
 def test_expiry_is_said_in_human_units(waited, words):
     expired = replace(EXPIRED, last_attempt_at=RECEIVED + waited)
-    assert f"could not be reached for {words} " in plain_text(dsn(make_job(failed=(expired,))))
+    assert f"could not deliver it for {words} " in plain_text(dsn(make_job(failed=(expired,))))
 
 
 def test_long_sms_text_is_cut_for_the_quote():

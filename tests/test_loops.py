@@ -91,3 +91,15 @@ async def test_an_address_literal_sender_can_be_allowed(make_settings, start_app
     raw = make_mail(sender="alarm@[192.0.2.7]")
     replies = await transaction(app.smtp_port, "alarm@[192.0.2.7]", [GATEWAY], raw)
     assert replies[-1][0] == 250
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [("Auto-Submitted: no (a person wrote this)", 250), ("Auto-Submitted: (x) Auto-Replied", 550)],
+)
+async def test_auto_submitted_comments_are_ignored(make_settings, start_app, header, code):
+    app = await start_app(make_settings())
+    replies = await transaction(
+        app.smtp_port, ALLOWED, [GATEWAY], with_headers(make_mail(), header)
+    )
+    assert replies[-1][0] == code
