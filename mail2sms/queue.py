@@ -38,7 +38,7 @@ import re
 import secrets
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, ParamSpec, Self, TypeVar
 
@@ -342,7 +342,7 @@ def _require(conn: sqlite3.Connection, queue_id: str) -> None:
 
 
 def _bounce_job(
-    message: sqlite3.Row, recipients: Sequence[sqlite3.Row], attempts: int
+    message: sqlite3.Row, recipients: Sequence[sqlite3.Row], bounce: sqlite3.Row
 ) -> BounceJob:
     failed = tuple(
         FailedRecipient(
@@ -366,7 +366,8 @@ def _bounce_job(
         headers=str(message["headers"]),
         failed=failed,
         delivered=tuple(str(r["number"]) for r in recipients if r["state"] == "sent"),
-        attempts=attempts,
+        attempts=int(bounce["attempts"]) + 1,  # this claim's attempt
+        owed_since=float(bounce["created_at"]),
     )
 
 
@@ -585,10 +586,11 @@ class Queue:
 
     def next_due(self) -> float | None:
         """When the earliest pending recipient is due, so workers can sleep until then."""
+        return self._earliest("SELECT MIN(next_attempt_at) FROM recipients WHERE state = 'pending'")
+
+    def _earliest(self, query: str) -> float | None:
         with self._read() as conn:
-            row = conn.execute(
-                "SELECT MIN(next_attempt_at) FROM recipients WHERE state = 'pending'"
-            ).fetchone()
+            row = conn.execute(query).fetchone()
         return None if row[0] is None else float(row[0])
 
     def mark_sent(
@@ -695,17 +697,12 @@ class Queue:
                     " FROM recipients WHERE queue_id = ? ORDER BY position",
                     (queue_id,),
                 ).fetchall()
-                job = _bounce_job(message, recipients, int(row["attempts"]) + 1)
-                jobs.append(replace(job, owed_since=float(row["created_at"])))
+                jobs.append(_bounce_job(message, recipients, row))
         return jobs
 
     def next_bounce_due(self) -> float | None:
         """When the earliest waiting bounce is due."""
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT MIN(next_attempt_at) FROM bounces WHERE state = 'pending'"
-            ).fetchone()
-        return None if row[0] is None else float(row[0])
+        return self._earliest("SELECT MIN(next_attempt_at) FROM bounces WHERE state = 'pending'")
 
     def mark_bounce_sent(self, queue_id: str, *, now: float) -> None:
         """The relay took the bounce: it is settled."""
