@@ -39,7 +39,10 @@ from mail2sms.errors import ConfigError
 from mail2sms.mail_address import ascii_domain, ascii_hostname, plain_address
 
 ENV_PREFIX = "MAIL2SMS_"
-CREDENTIAL_TOKEN = "provider_token"  # noqa: S105  the file's name under $CREDENTIALS_DIRECTORY
+# file names under $CREDENTIALS_DIRECTORY (systemd LoadCredential=), by provider key
+CREDENTIAL_TOKEN = "provider_token"  # noqa: S105  a file name
+CREDENTIAL_APPLICATION_KEY = "provider_application_key"
+_CREDENTIAL_FILES = {"token": CREDENTIAL_TOKEN, "application_key": CREDENTIAL_APPLICATION_KEY}
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -222,8 +225,8 @@ class SendersConfig(Section):
         ]
 
 
-ProviderKind = Literal["outbox", "dataflows"]
-HTTP_PROVIDERS: frozenset[str] = frozenset({"dataflows"})
+ProviderKind = Literal["outbox", "dataflows", "messageflow", "textflow"]
+HTTP_PROVIDERS: frozenset[str] = frozenset({"dataflows", "messageflow", "textflow"})
 
 
 class ProviderConfig(Section):
@@ -233,6 +236,8 @@ class ProviderConfig(Section):
     path: Path = Path("var/outbox.jsonl")
     base_url: str | None = None
     token: SecretStr | None = None
+    application_key: SecretStr | None = None
+    """MessageFlow's second credential (the panel's "ApplicationKey"); a secret too."""
     timeout: Duration = 30.0
 
     @field_validator("base_url")
@@ -253,6 +258,14 @@ class ProviderConfig(Section):
             raise ValueError(
                 f"provider.token is required for kind '{self.kind}': set it, or "
                 f"MAIL2SMS_PROVIDER__TOKEN, or $CREDENTIALS_DIRECTORY/{CREDENTIAL_TOKEN}"
+            )
+        if self.kind == "messageflow" and (
+            self.application_key is None or not self.application_key.get_secret_value().strip()
+        ):
+            raise ValueError(
+                "provider.application_key is required for kind 'messageflow' (the panel's "
+                "ApplicationKey): set it, or MAIL2SMS_PROVIDER__APPLICATION_KEY, or "
+                f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_APPLICATION_KEY}"
             )
         return self
 
@@ -361,18 +374,18 @@ class Settings(BaseSettings):
         return notes
 
 
-def _credential_token() -> str | None:
-    """Systemd's LoadCredential= puts the token in a file only the service can read."""
+def _credential(key: str) -> str | None:
+    """Systemd's LoadCredential= puts a secret in a file only the service can read."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
-    path = Path(directory) / CREDENTIAL_TOKEN
+    path = Path(directory) / _CREDENTIAL_FILES[key]
     try:
         return path.read_text(encoding="utf-8").strip() or None
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError([f"provider.token: cannot read {path}: {exc.strerror}"]) from None
+        raise ConfigError([f"provider.{key}: cannot read {path}: {exc.strerror}"]) from None
 
 
 def _describe(error: Mapping[str, Any]) -> str:
@@ -385,7 +398,7 @@ def _describe(error: Mapping[str, Any]) -> str:
         return f"{loc}: unknown key"
     if kind == "missing":
         return f"{loc}: required key is missing"
-    secret = "token" in loc or "password" in loc
+    secret = any(word in loc for word in ("token", "password", "key"))
     if kind != "value_error" and not secret and "input" in error:
         shown = error["input"]
         if isinstance(shown, str | int | float | bool):
@@ -400,11 +413,12 @@ def load_config(path: Path) -> Settings:
     """
     data = _read_toml(path)
     provider = data.setdefault("provider", {})
-    env_token = any(k.upper() == f"{ENV_PREFIX}PROVIDER__TOKEN" for k in os.environ)
-    if "token" not in provider and not env_token:
-        token = _credential_token()
-        if token is not None:
-            provider["token"] = token
+    for key in _CREDENTIAL_FILES:  # the file and the environment come first
+        env_set = any(k.upper() == f"{ENV_PREFIX}PROVIDER__{key.upper()}" for k in os.environ)
+        if key not in provider and not env_set:
+            secret = _credential(key)
+            if secret is not None:
+                provider[key] = secret
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -162,3 +162,15 @@ class BounceJob:
     attempts: int
     owed_since: float = 0.0
     """When the message finished and the bounce became due (retries give up from here)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    """What ``check-config --online`` learned from the provider about the account.
+
+    ``balance`` is the provider's own words for what is left (e.g. ``"1,234 units"``),
+    or None when it does not say; ``detail`` names what was checked.
+    """
+
+    balance: str | None
+    detail: str

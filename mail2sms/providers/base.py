@@ -30,8 +30,11 @@ from mail2sms.errors import (
     ProviderAccountError,
     TransientProviderError,
 )
+from mail2sms.models import AccountStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from mail2sms.config import ProviderConfig
     from mail2sms.models import RecipientResult, SmsBatch
 
@@ -137,6 +140,14 @@ class Provider(abc.ABC):
         when the provider answered for the whole batch at once.
         """
 
+    async def check_account(self) -> AccountStatus:
+        """Prove the credentials work, cheaply and without sending (``check-config --online``).
+
+        Raises ``ProviderAccountError`` when the provider refuses the credentials (its own
+        words in the message) and ``TransientProviderError`` when it cannot be asked now.
+        """
+        return AccountStatus(balance=None, detail=f"{self.name} has no account check")
+
 
 class HttpProvider(Provider):
     """A provider behind an HTTP API, reached through the daemon's shared ``httpx.AsyncClient``.
@@ -155,6 +166,7 @@ class HttpProvider(Provider):
         token: str,
         base_url: str | None = None,
         timeout: float = 30.0,
+        extra_secrets: Sequence[str] = (),
     ) -> None:
         self.client = client
         self.base_url = (base_url or self.default_base_url).rstrip("/")
@@ -163,6 +175,7 @@ class HttpProvider(Provider):
         # A Sanctum token is "<id>|<secret>"; an error page may echo either form.
         secret = token.partition("|")[2]
         self._secrets = [token] + ([secret] if len(secret) >= _MIN_SECRET else [])
+        self._secrets += [s for s in extra_secrets if len(s) >= _MIN_SECRET]
 
     @classmethod
     def from_config(cls, config: ProviderConfig, client: httpx.AsyncClient) -> Self:
