@@ -19,6 +19,7 @@ from mail2sms.config import Settings
 from mail2sms.delivery import Delivery
 from mail2sms.errors import InternalError, QueueError
 from mail2sms.log import get_logger
+from mail2sms.models import AccountStatus
 from mail2sms.providers import build_provider
 from mail2sms.providers.base import Provider
 from mail2sms.queue import AsyncQueue
@@ -67,13 +68,7 @@ class App:
                 detail="these were being sent when the daemon stopped; they are sent again "
                 "and may arrive twice",
             )
-        workers = settings.delivery.workers
-        self.client = httpx.AsyncClient(
-            timeout=settings.provider.timeout,
-            limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
-            headers={"User-Agent": f"mail2sms/{__version__}"},
-            follow_redirects=False,
-        )
+        self.client = http_client(settings)
         self.provider = build_provider(settings.provider, self.client)
         self.bouncer = self._build_bouncer(self.queue)
         self.delivery = Delivery(
@@ -189,6 +184,23 @@ class App:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one HTTP client: a connection per worker, kept alive; no redirects followed."""
+    workers = settings.delivery.workers
+    return httpx.AsyncClient(
+        timeout=settings.provider.timeout,
+        limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
+        headers={"User-Agent": f"mail2sms/{__version__}"},
+        follow_redirects=False,
+    )
+
+
+async def check_account(settings: Settings) -> AccountStatus:
+    """Ask the configured provider whether the credentials work (``check-config --online``)."""
+    async with http_client(settings) as client:
+        return await build_provider(settings.provider, client).check_account()
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

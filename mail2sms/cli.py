@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 
 from mail2sms import __version__
 from mail2sms.config import Settings, load_config
-from mail2sms.errors import ConfigError, InternalError, NotFoundError, QueueError
+from mail2sms.errors import (
+    ConfigError,
+    InternalError,
+    NotFoundError,
+    ProviderAccountError,
+    ProviderError,
+    QueueError,
+)
 from mail2sms.models import CANCELLED_BY_ADMIN
 
 if TYPE_CHECKING:  # the queue module is imported only by the queue commands
@@ -56,7 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mail2sms {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
-    sub.add_parser("check-config", parents=[common], help="validate the config; exit 78 if bad")
+    check = sub.add_parser(
+        "check-config", parents=[common], help="validate the config; exit 78 if bad"
+    )
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask the provider whether the credentials work (and show the balance)",
+    )
     queue = sub.add_parser("queue", parents=[common], help="inspect and manage queued messages")
     qsub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     qlist = qsub.add_parser("list", parents=[common], help="list pending messages")
@@ -89,8 +103,8 @@ def _print_problems(path: Path, error: ConfigError) -> None:
         print(f"  - {problem}", file=sys.stderr)
 
 
-def cmd_check_config(path: Path) -> int:
-    """Validate and summarise; never print a secret."""
+def cmd_check_config(path: Path, *, online: bool = False) -> int:
+    """Validate and summarise; with ``online``, ask the provider too. Never print a secret."""
     try:
         settings = _load(path)
     except ConfigError as error:
@@ -107,6 +121,28 @@ def cmd_check_config(path: Path) -> int:
     print(f"  queue:    {settings.queue.path}")
     for note in settings.warnings():
         print(f"  warning:  {note}")
+    return _check_online(settings) if online else EX_OK
+
+
+def _check_online(settings: Settings) -> int:
+    """A refused credential is a configuration error (78); an unreachable provider, 75."""
+    from mail2sms.app import check_account  # noqa: PLC0415  only --online needs the network
+
+    try:
+        status = asyncio.run(check_account(settings))
+    except ProviderAccountError as error:
+        print(f"mail2sms: the provider refused the credentials: {error}", file=sys.stderr)
+        return EX_CONFIG
+    except ProviderError as error:
+        print(f"mail2sms: cannot check the account now: {error}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"mail2sms: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    print(f"  account:  {status.detail}")
+    if status.balance is not None:
+        print(f"  balance:  {status.balance}")
     return EX_OK
 
 
@@ -278,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return cmd_serve(path)
     if args.command == "check-config":
-        return cmd_check_config(path)
+        return cmd_check_config(path, online=args.online)
     if args.command == "queue":
         return cmd_queue(path, args)
     return EX_USAGE

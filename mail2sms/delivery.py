@@ -24,6 +24,7 @@ from mail2sms.loop import QueueLoop
 from mail2sms.models import ClaimedJob, Outcome, RecipientResult, SmsBatch
 from mail2sms.providers.base import Provider
 from mail2sms.queue import AsyncQueue
+from mail2sms.rate_limit import TokenBucket
 
 log = get_logger(__name__)
 
@@ -82,6 +83,8 @@ class Delivery(QueueLoop):
         self.rng = rng
         self.lease = max(MIN_LEASE, request_timeout * 4)
         self._active: set[asyncio.Task[None]] = set()
+        rate = provider.requests_per_second
+        self.limiter = TokenBucket.for_limit(rate) if rate else None
 
     async def run(self) -> None:
         """Claim and dispatch until ``stop`` is called."""
@@ -149,6 +152,8 @@ class Delivery(QueueLoop):
         batch = SmsBatch(
             queue_id=job.queue_id, recipients=numbers, text=job.text, sender_id=job.sender_id
         )
+        if self.limiter is not None:
+            await self.limiter.acquire()  # stay under the provider's published rate limit
         started = self.clock()
         try:
             results = await self.provider.send(batch)

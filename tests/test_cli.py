@@ -196,3 +196,55 @@ def test_queue_commands_on_a_missing_queue_say_so_and_create_nothing(tmp_path, c
     assert main(["queue", "list", "-c", str(path)]) == 1
     assert "no queue at" in capsys.readouterr().err
     assert not (tmp_path / "q.sqlite3").exists()
+
+
+def _dataflows_config(tmp_path: Path, url: str, token: str) -> Path:
+    path = tmp_path / "online.toml"
+    path.write_text(
+        "[gateway]\naddresses = ['sms@x.example']\n"
+        f"[provider]\nkind = 'dataflows'\nbase_url = '{url}'\ntoken = '{token}'\ntimeout = 5\n"
+    )
+    return path
+
+
+def test_check_config_online_shows_the_balance(tmp_path, capsys, fake_dataflows):
+    fake_dataflows.balance = 1234
+    path = _dataflows_config(tmp_path, fake_dataflows.url, fake_dataflows.token)
+    assert main(["check-config", "--online", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "balance:  1,234 units" in out
+    assert fake_dataflows.token not in out
+    assert [r.path for r in fake_dataflows.requests] == ["/api/v3/profile/balance"]
+    assert fake_dataflows.sent == []
+
+
+def test_check_config_online_with_a_bad_token_names_the_problem_and_exits_78(
+    tmp_path, capsys, fake_dataflows
+):
+    path = _dataflows_config(tmp_path, fake_dataflows.url, "22|notTheRightTokenAtAll0123456789")
+    assert main(["check-config", "--online", "-c", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert "provider refused the credentials" in err
+    assert "Unauthenticated." in err
+    assert "notTheRightTokenAtAll" not in err
+
+
+def test_check_config_online_with_the_provider_unreachable_exits_75(tmp_path, capsys):
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = _dataflows_config(tmp_path, f"http://127.0.0.1:{port}", "22|someTokenValue0123456789abc")
+    assert main(["check-config", "--online", "-c", str(path)]) == 75
+    assert "cannot check the account now" in capsys.readouterr().err
+
+
+def test_check_config_online_for_the_outbox_checks_the_file(tmp_path, capsys):
+    path = tmp_path / "outbox.toml"
+    path.write_text(
+        "[gateway]\naddresses = ['sms@x.example']\n"
+        f"[provider]\nkind = 'outbox'\npath = '{tmp_path / 'out' / 'outbox.jsonl'}'\n"
+    )
+    assert main(["check-config", "--online", "-c", str(path)]) == 0
+    assert "is writable" in capsys.readouterr().out

@@ -333,3 +333,30 @@ async def test_drain_waits_for_a_claim_in_progress_and_sends_it(queue, run_deliv
     entry = await queue.get(queue_id)
     # the claimed message was sent and recorded before drain returned: nothing left leased
     assert entry.recipients[0].state is RecipientState.SENT
+
+
+async def test_each_provider_request_takes_a_token_from_the_rate_limiter(queue, run_delivery):
+    class RateLimitedProvider(ScriptedProvider):
+        requests_per_second = 10.0
+
+    class CountingBucket:
+        taken = 0
+
+        async def acquire(self) -> float:
+            CountingBucket.taken += 1
+            return 0.0
+
+    provider = RateLimitedProvider([Outcome.SENT] * 3)
+    ids = [await queue.enqueue(message(f"+6141234567{i}", "+61498765432")) for i in range(3)]
+    delivery = run_delivery(provider)
+    assert delivery.limiter is not None
+    assert delivery.limiter.rate == pytest.approx(9.8)  # 2% under the published limit
+    delivery.limiter = CountingBucket()
+    for queue_id in ids:
+        await wait_state(queue, queue_id, lambda s: set(s.values()) == {RecipientState.SENT})
+    assert CountingBucket.taken == len(provider.batches) == 3
+
+
+async def test_providers_without_a_published_limit_are_not_throttled(queue, run_delivery):
+    delivery = run_delivery(ScriptedProvider([]))
+    assert delivery.limiter is None

@@ -629,3 +629,55 @@ async def test_outbox_write_error_is_transient(tmp_path: Path):
     with pytest.raises(TransientProviderError, match="outbox: cannot write"):
         await provider.send(batch(A))
     assert "OutboxProvider(path=" in repr(provider)
+
+
+# ---- the account check (check-config --online) ---------------------------------------------
+
+
+async def check(handler) -> object:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        provider = DataFlowsProvider(client=client, token=TOKEN, timeout=5)
+        return await provider.check_account()
+
+
+@pytest.mark.anyio
+async def test_account_check_falls_back_to_the_stock_balance_route():
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        if request.url.path == "/api/v3/profile/balance":
+            return httpx.Response(404, text="<html><title>Not Found</title></html>")
+        body = {"status": "success", "message": None, "data": {"remaining_unit": "Unlimited"}}
+        return httpx.Response(200, json=body)
+
+    status = await check(handler)
+    assert paths == ["/api/v3/profile/balance", "/api/v3/balance"]
+    assert status.balance == "Unlimited units"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (200, {"status": "error", "message": "Unauthenticated."}, ProviderAccountError),
+        (401, {"status": "error", "message": "Unauthenticated."}, ProviderAccountError),
+        (
+            403,
+            {"status": "error", "message": "You do not have permission to access API"},
+            ProviderAccountError,
+        ),
+        (200, {"status": "error", "message": "Too Many Attempts."}, TransientProviderError),
+        (503, None, TransientProviderError),
+    ],
+)
+async def test_account_check_errors(status, body, kind):
+    def handler(_request: httpx.Request) -> httpx.Response:
+        if body is None:
+            return httpx.Response(status, text="<html>down</html>")
+        return httpx.Response(status, json=body)
+
+    with pytest.raises(kind) as caught:
+        await check(handler)
+    assert SECRET not in str(caught.value)
+    assert (type(caught.value) is ProviderAccountError) == (kind is ProviderAccountError)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from mail2sms.models import Outcome, RecipientResult
+from mail2sms.models import AccountStatus, Outcome, RecipientResult
 from mail2sms.providers.base import HttpProvider, parse_retry_after
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mail2sms.models import SmsBatch
 
 SEND_PATH = "/api/v3/sms/send"
+BALANCE_PATHS = ("/api/v3/profile/balance", "/api/v3/balance")
 
 
 class Verdict(StrEnum):
@@ -247,6 +248,33 @@ class DataFlowsProvider(HttpProvider):
             by_number = self._failure(numbers, envelope, response)
         return [replace(by_number[_digits(r)], recipient=r) for r in batch.recipients]
 
+    async def check_account(self) -> AccountStatus:
+        """Ask for the balance: it needs a valid token and sends nothing.
+
+        DataFlows documents ``/api/v3/profile/balance``; stock Ultimate SMS builds have
+        ``/api/v3/balance``. The first that exists answers.
+        """
+        for path in BALANCE_PATHS:
+            response = await self._request("GET", path)
+            if response.status_code == httpx.codes.NOT_FOUND and not _is_json(response):
+                continue  # no such route on this build: try the next
+            envelope = self._envelope(response)
+            said = _text(envelope.get("message")) or f"HTTP {response.status_code}"
+            if str(envelope.get("status", "")).strip().lower() != "success":
+                rule = classify(said, response.status_code)
+                verdict = rule.verdict if rule is not None else Verdict.REFUSED
+                if verdict is Verdict.ACCOUNT or response.status_code == httpx.codes.UNAUTHORIZED:
+                    raise self.transient(f"the token was refused: {said}", account=True)
+                raise self.transient(f"the balance check failed: {said}")
+            data = envelope.get("data")
+            remaining = data.get("remaining_unit") if isinstance(data, dict) else None
+            expires = data.get("expired_on") if isinstance(data, dict) else None
+            balance = None if remaining is None else f"{remaining} units"
+            if balance is not None and expires:
+                balance += f" (expires {expires})"
+            return AccountStatus(balance=balance, detail=f"token accepted by {self.base_url}")
+        raise self.transient(f"no balance endpoint at {self.base_url}: is provider.base_url right?")
+
     def _envelope(self, response: httpx.Response) -> dict[str, Any]:
         """Read the JSON object answer; redirects and non-JSON bodies are not answers."""
         status = response.status_code
@@ -366,6 +394,10 @@ class DataFlowsProvider(HttpProvider):
             return self.transient(f"try again later: {said}", retry_after=retry_after)
         # 5.7.1: delivery not authorised, message refused (sender ID, content, type)
         return self.permanent(f"the message was refused: {said}", status="5.7.1")
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return "json" in response.headers.get("Content-Type", "")
 
 
 def _result(outcome: Outcome, detail: str, ref: str | None) -> RecipientResult:

@@ -13,8 +13,8 @@ import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar, Self
 
-from mail2sms.errors import TransientProviderError
-from mail2sms.models import Outcome, RecipientResult
+from mail2sms.errors import ProviderAccountError, TransientProviderError
+from mail2sms.models import AccountStatus, Outcome, RecipientResult
 from mail2sms.providers.base import Provider
 
 if TYPE_CHECKING:
@@ -78,6 +78,15 @@ class OutboxProvider(Provider):
             RecipientResult(recipient=number, outcome=Outcome.SENT, detail=detail)
             for number in batch.recipients
         ]
+
+    async def check_account(self) -> AccountStatus:
+        """There is no account: check that the outbox file can be written."""
+        try:
+            await asyncio.to_thread(self._append, "")
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ProviderAccountError(f"outbox: cannot write {self.path}: {reason}") from None
+        return AccountStatus(balance=None, detail=f"{self.path} is writable")
 
     def _append(self, lines: str) -> None:
         """Blocking part: create the directory, append, fsync (and fsync a new file's dir)."""
