@@ -34,7 +34,7 @@ from mail2sms.errors import BadNumberError, RecipientRefusedError
 from mail2sms.models import RcptTarget
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 __all__ = ["mask_number", "parse_numbers", "parse_rcpt", "validate_region"]
 
@@ -90,13 +90,15 @@ def parse_rcpt(
     gateway_addresses: Sequence[str],
     gateway_domains: Sequence[str],
     default_region: str,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> RcptTarget:
     """Classify one RCPT TO address, or refuse it with a reply a person can act on.
 
     A gateway address (compared case-insensitively) gives a target without a number: the
     numbers come from the Subject. ``<number>@<gateway domain>`` gives that number in E.164.
     A non-number local part at a gateway domain is a 5.1.3 (bad number); any other address
-    is a 5.1.1, whatever its domain, so the gateway never relays.
+    is a 5.1.1, whatever its domain, so the gateway never relays. An alias name at a
+    gateway domain (``oncall@…``) gives its numbers.
     """
     cleaned = address.strip()
     if cleaned.startswith("<") and cleaned.endswith(">"):
@@ -114,6 +116,9 @@ def parse_rcpt(
             + _how_to_address(gateway_addresses, gateway_domains)
         )
 
+    alias = (aliases or {}).get(local.lower())
+    if alias is not None:
+        return RcptTarget(address=f"{local.lower()}@{domain}", numbers=tuple(alias))
     number = _read_number(local, default_region) if _LOCAL_NUMBER.fullmatch(local) else None
     if number is None:
         example = _example_number(default_region)

@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,7 +36,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from mail2sms.errors import ConfigError
+from mail2sms.addressing import parse_numbers
+from mail2sms.errors import ConfigError, MailRefusedError
 from mail2sms.mail_address import ascii_domain, ascii_hostname, plain_address
 
 ENV_PREFIX = "MAIL2SMS_"
@@ -160,6 +162,34 @@ class SmtpConfig(Section):
         return ascii_hostname(value)
 
 
+def _check_sender_id(value: str) -> str:
+    sender = value.strip()
+    if re.fullmatch(r"\+?\d{3,15}", sender):
+        return sender
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 .&-]{0,10}", sender) and not sender.isdigit():
+        return sender
+    raise ValueError(
+        f"{value!r} is not a sender ID: use up to 11 letters/digits (e.g. 'MyBrand') "
+        "or a phone number"
+    )
+
+
+class AddressOptions(Section):
+    """How mail to one gateway or alias address is sent, where it differs from the default."""
+
+    otp: bool = False
+    """Use the provider's priority route for one-time codes (DataFlows ``type: otp``)."""
+    sender_id: str | None = None
+
+    @field_validator("sender_id")
+    @classmethod
+    def _sender_id(cls, value: str | None) -> str | None:
+        return None if value is None else _check_sender_id(value)
+
+
+_ALIAS_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+
+
 class GatewayConfig(Section):
     """Which addresses are gateways and how their mail becomes SMS."""
 
@@ -168,6 +198,10 @@ class GatewayConfig(Section):
     default_region: str = "AU"
     sender_id: str = "mail2sms"
     max_parts: int = Field(default=6, ge=1, le=30)
+    aliases: dict[str, list[str]] = Field(default_factory=dict)
+    """``name = [numbers]``: mail to ``<name>@<gateway domain>`` goes to those numbers."""
+    options: dict[str, AddressOptions] = Field(default_factory=dict)
+    """Per gateway or alias address: ``otp``, ``sender_id``."""
 
     @field_validator("addresses")
     @classmethod
@@ -190,15 +224,7 @@ class GatewayConfig(Section):
     @field_validator("sender_id")
     @classmethod
     def _sender_id(cls, value: str) -> str:
-        sender = value.strip()
-        if re.fullmatch(r"\+?\d{3,15}", sender):
-            return sender
-        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 .&-]{0,10}", sender) and not sender.isdigit():
-            return sender
-        raise ValueError(
-            f"{value!r} is not a sender ID: use up to 11 letters/digits (e.g. 'MyBrand') "
-            "or a phone number"
-        )
+        return _check_sender_id(value)
 
     @model_validator(mode="after")
     def _something_to_accept(self) -> Self:
@@ -207,6 +233,40 @@ class GatewayConfig(Section):
                 "set gateway.addresses and/or gateway.domains, or no mail can be accepted"
             )
         return self
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: dict[str, list[str]], info: ValidationInfo) -> dict[str, list[str]]:
+        """Names that are not numbers; their numbers read now, with the default region."""
+        region = info.data.get("default_region", "AU")
+        aliases: dict[str, list[str]] = {}
+        for name, numbers in value.items():
+            key = name.strip().lower()
+            if not _ALIAS_NAME.fullmatch(key) or key.replace(".", "").isdigit():
+                raise ValueError(f"{name!r} is not an alias name (letters, e.g. 'oncall')")
+            try:
+                aliases[key] = list(parse_numbers(", ".join(numbers), region))
+            except MailRefusedError as exc:
+                raise ValueError(f"{name}: {exc.text}") from None
+        if aliases and not info.data.get("domains"):
+            raise ValueError("aliases need gateway.domains: mail goes to <name>@<domain>")
+        return aliases
+
+    @field_validator("options")
+    @classmethod
+    def _options(
+        cls, value: dict[str, AddressOptions], info: ValidationInfo
+    ) -> dict[str, AddressOptions]:
+        """Options only for addresses the gateway accepts, so a typo is an error."""
+        domains = info.data.get("domains", [])
+        known = set(info.data.get("addresses", [])) | {
+            f"{alias}@{domain}" for alias in info.data.get("aliases", {}) for domain in domains
+        }
+        options = {_normalise_email(address): opts for address, opts in value.items()}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a gateway or alias address")
+        return options
 
 
 class SendersConfig(Section):

@@ -150,7 +150,11 @@ class Delivery(QueueLoop):
                 "the provider may already have sent it",
             )
         batch = SmsBatch(
-            queue_id=job.queue_id, recipients=numbers, text=job.text, sender_id=job.sender_id
+            queue_id=job.queue_id,
+            recipients=numbers,
+            text=job.text,
+            sender_id=job.sender_id,
+            sms_type=job.sms_type,
         )
         if self.limiter is not None:
             await self.limiter.acquire()  # stay under the provider's published rate limit

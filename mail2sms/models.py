@@ -21,6 +21,13 @@ class RcptTarget:
 
     address: str
     number: str | None = None
+    numbers: tuple[str, ...] = ()
+    """An alias's numbers (``oncall@<gateway domain>``); empty otherwise."""
+
+    @property
+    def direct(self) -> bool:
+        """The address itself names the recipients (a number or an alias), not the Subject."""
+        return self.number is not None or bool(self.numbers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,8 @@ class NewMessage:
     received_at: float
     size: int
     headers: str
+    sms_type: str = "plain"
+    """``plain``, or ``otp`` for a gateway address that uses the provider's priority route."""
 
 
 class RecipientState(StrEnum):
@@ -97,6 +106,7 @@ class ClaimedJob:
     received_at: float
     attempts: int
     possible_duplicates: tuple[str, ...] = ()
+    sms_type: str = "plain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +117,7 @@ class SmsBatch:
     recipients: tuple[str, ...]
     text: str
     sender_id: str
+    sms_type: str = "plain"
 
 
 class Outcome(StrEnum):

@@ -110,6 +110,7 @@ _SCHEMA_V2 = """
 ALTER TABLE recipients ADD COLUMN dsn_status TEXT;
 ALTER TABLE messages ADD COLUMN finished_at REAL;
 ALTER TABLE messages ADD COLUMN cancelled TEXT;
+ALTER TABLE messages ADD COLUMN sms_type TEXT NOT NULL DEFAULT 'plain';
 CREATE TABLE IF NOT EXISTS bounces (
     queue_id        TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
     state           TEXT NOT NULL CHECK (state IN ('pending', 'inflight', 'sent', 'dropped')),
@@ -206,7 +207,7 @@ WHERE queue_id = :queue_id
 """
 _MESSAGE_COLUMNS = """
 SELECT m.id, m.received_at, m.envelope_from, m.from_header, m.subject, m.message_id, m.text,
-       m.sender_id, m.size, m.headers, m.finished_at, b.state AS bounce_state,
+       m.sender_id, m.size, m.headers, m.finished_at, m.sms_type, b.state AS bounce_state,
        b.last_error AS bounce_error
 FROM messages AS m LEFT JOIN bounces AS b ON b.queue_id = m.id
 """
@@ -504,8 +505,8 @@ class Queue:
                 try:
                     conn.execute(
                         "INSERT INTO messages (id, received_at, envelope_from, from_header,"
-                        " subject, message_id, text, sender_id, size, headers)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " subject, message_id, text, sender_id, size, headers, sms_type)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             queue_id,
                             now,
@@ -517,6 +518,7 @@ class Queue:
                             message.sender_id,
                             message.size,
                             message.headers,
+                            message.sms_type,
                         ),
                     )
                     break
@@ -580,6 +582,7 @@ class Queue:
                         possible_duplicates=tuple(
                             str(row["number"]) for row in due if row["maybe_sent"]
                         ),
+                        sms_type=str(message["sms_type"]),
                     )
                 )
         return jobs

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mail2sms import __version__
 from mail2sms.addressing import parse_numbers, parse_rcpt
-from mail2sms.config import Settings
+from mail2sms.config import AddressOptions, Settings
 from mail2sms.errors import (
     AutoReplyRefusedError,
     BadSenderAddressError,
@@ -97,6 +97,8 @@ class Policy:
     allow: tuple[str, ...]
     max_received: int = 30
     accept_auto_generated: bool = True
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    options: Mapping[str, AddressOptions] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -111,6 +113,18 @@ class Policy:
             allow=tuple(settings.senders.allow),
             max_received=settings.smtp.max_received,
             accept_auto_generated=settings.smtp.accept_auto_generated,
+            aliases={name: tuple(numbers) for name, numbers in settings.gateway.aliases.items()},
+            options=dict(settings.gateway.options),
+        )
+
+    def rcpt(self, address: str) -> RcptTarget:
+        """Classify a RCPT address against the gateway addresses, domains and aliases."""
+        return parse_rcpt(
+            address,
+            gateway_addresses=self.gateway_addresses,
+            gateway_domains=self.gateway_domains,
+            default_region=self.default_region,
+            aliases=self.aliases,
         )
 
     def sender_allowed(self, address: str) -> bool:
@@ -187,6 +201,8 @@ def resolve_recipients(
     for target in targets:
         if target.number is not None:
             numbers[target.number] = None
+        elif target.numbers:
+            numbers.update(dict.fromkeys(target.numbers))
         else:
             numbers.update(dict.fromkeys(parse_numbers(content.subject, policy.default_region)))
     return tuple(numbers)
@@ -196,9 +212,9 @@ def choose_text(targets: Sequence[RcptTarget], content: MailContent) -> str:
     """The body is the text; a ``<number>@domain`` mail with an empty body sends its subject."""
     if content.body.strip():
         return content.body
-    if all(t.number is not None for t in targets) and content.subject.strip():
+    if all(t.direct for t in targets) and content.subject.strip():
         return content.subject.strip()
-    where = "body" if any(t.number is None for t in targets) else "body or subject"
+    where = "body" if not all(t.direct for t in targets) else "body or subject"
     raise EmptyTextError(f"The message has no text to send: write the SMS in the {where}")
 
 
@@ -219,6 +235,9 @@ def build_message(
     recipients = resolve_recipients(targets, content, policy)
     text = choose_text(targets, content)
     check_length(text, policy.max_parts)
+    options = next(
+        (policy.options[t.address] for t in targets if t.address in policy.options), None
+    )
     return NewMessage(
         envelope_from=envelope_from,
         from_header=", ".join(content.from_addresses),
@@ -226,10 +245,11 @@ def build_message(
         message_id=content.message_id,
         recipients=recipients,
         text=text,
-        sender_id=policy.sender_id,
+        sender_id=(options.sender_id if options else None) or policy.sender_id,
         received_at=received_at,
         size=len(raw),
         headers=header_block(raw),
+        sms_type="otp" if options is not None and options.otp else "plain",
     )
 
 
@@ -282,12 +302,7 @@ class GatewayHandler:
     ) -> str:
         """Accept only gateway addresses and numbers at gateway domains (never a relay)."""
         try:
-            parse_rcpt(
-                address,
-                gateway_addresses=self.policy.gateway_addresses,
-                gateway_domains=self.policy.gateway_domains,
-                default_region=self.policy.default_region,
-            )
+            self.policy.rcpt(address)
         except MailRefusedError as refused:
             log.info("smtp_refused", stage="RCPT", reply=refused.reply, peer=_peer(session))
             return refused.reply
@@ -316,15 +331,7 @@ class GatewayHandler:
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
-        targets = [
-            parse_rcpt(
-                a,
-                gateway_addresses=policy.gateway_addresses,
-                gateway_domains=policy.gateway_domains,
-                default_region=policy.default_region,
-            )
-            for a in envelope.rcpt_tos
-        ]
+        targets = [policy.rcpt(a) for a in envelope.rcpt_tos]
         try:
             message = await asyncio.to_thread(
                 build_message, raw, envelope.mail_from or "", targets, policy, self.clock()

@@ -237,7 +237,7 @@ class DataFlowsProvider(HttpProvider):
         body = {
             "recipient": ",".join(numbers),
             "sender_id": batch.sender_id,
-            "type": "plain",
+            "type": "otp" if batch.sms_type == "otp" else "plain",  # otp: the priority route
             "message": batch.text,
         }
         response = await self._request("POST", SEND_PATH, json_body=body)

@@ -1,0 +1,92 @@
+"""Gateway aliases (oncall@…) and per-address options (OTP route, sender ID), end to end."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ALLOWED, DOMAIN, GATEWAY, TOKEN
+from test_smtp import make_mail, transaction
+
+from mail2sms.config import load_config
+from mail2sms.errors import ConfigError
+
+pytestmark = pytest.mark.anyio
+
+ALIASES = {"oncall": ["0412 345 678", "+61498765432"], "night-shift": ["+61411111111"]}
+
+
+def settings_for(make_settings, fake, **gateway):
+    return make_settings(
+        provider={"kind": "dataflows", "base_url": fake.url, "token": TOKEN, "timeout": 5},
+        gateway={"aliases": ALIASES, **gateway},
+    )
+
+
+async def test_mail_to_an_alias_goes_to_its_numbers(make_settings, start_app, fake_dataflows):
+    app = await start_app(settings_for(make_settings, fake_dataflows))
+    replies = await transaction(
+        app.smtp_port,
+        ALLOWED,
+        [f"OnCall@{DOMAIN}", f"night-shift@{DOMAIN}"],
+        make_mail(to=f"oncall@{DOMAIN}", subject="Generator failed", body=""),
+    )
+    assert replies[-1][0] == 250, replies
+    sent = await fake_dataflows.until_sent(3)
+    assert sorted(s.number for s in sent) == ["61411111111", "61412345678", "61498765432"]
+    assert {s.message for s in sent} == {"Generator failed"}  # empty body: the subject is the text
+
+
+async def test_an_unknown_name_at_the_gateway_domain_is_still_refused(
+    make_settings, start_app, fake_dataflows
+):
+    app = await start_app(settings_for(make_settings, fake_dataflows))
+    replies = await transaction(app.smtp_port, ALLOWED, [f"dayshift@{DOMAIN}"], make_mail())
+    assert replies[1][0] == 550
+    assert replies[1][1].startswith("5.1.3 ")
+
+
+async def test_an_otp_address_uses_the_priority_route_and_its_sender_id(
+    make_settings, start_app, fake_dataflows
+):
+    options = {GATEWAY: {"otp": True, "sender_id": "Codes"}}
+    app = await start_app(settings_for(make_settings, fake_dataflows, options=options))
+    replies = await transaction(
+        app.smtp_port, ALLOWED, [GATEWAY], make_mail(subject="+61412345678", body="Code 482913")
+    )
+    assert replies[-1][0] == 250
+    (sent,) = await fake_dataflows.until_sent(1)
+    (post,) = [r for r in fake_dataflows.requests if r.method == "POST"]
+    assert post.body["type"] == "otp"
+    assert post.body["sender_id"] == "Codes"
+    assert sent.sender_id == "Codes"
+
+
+async def test_other_addresses_keep_the_plain_route(make_settings, start_app, fake_dataflows):
+    options = {f"oncall@{DOMAIN}": {"otp": True}}
+    app = await start_app(settings_for(make_settings, fake_dataflows, options=options))
+    await transaction(app.smtp_port, ALLOWED, [GATEWAY], make_mail(subject="+61412345678"))
+    await fake_dataflows.until_sent(1)
+    (post,) = [r for r in fake_dataflows.requests if r.method == "POST"]
+    assert post.body["type"] == "plain"
+    assert post.body["sender_id"] == "TestBrand"
+
+
+BASE = f'[gateway]\naddresses = ["{GATEWAY}"]\ndomains = ["{DOMAIN}"]\n'
+
+
+@pytest.mark.parametrize(
+    ("toml", "problem"),
+    [
+        ('[gateway.aliases]\n"0412345678" = ["+61412345678"]\n', "not an alias name"),
+        ('[gateway.aliases]\noncall = ["hello"]\n', "'hello'"),
+        ('[gateway.options."nobody@sms.example.com"]\notp = true\n', "not a gateway or alias"),
+        (f'[gateway.options."{GATEWAY}"]\nsender_id = "Far too long id"\n', "not a sender ID"),
+    ],
+)
+def test_alias_and_option_mistakes_are_config_errors(tmp_path, toml, problem):
+    path = tmp_path / "config.toml"
+    path.write_text(BASE + toml, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any(p.startswith("gateway.") and problem in p for p in caught.value.problems), (
+        caught.value.problems
+    )
