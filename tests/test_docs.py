@@ -479,3 +479,15 @@ def test_links_between_docs_resolve():
                 assert anchor in anchors[file], f"{name}: no heading for {target}"
             checked += 1
     assert checked >= 5
+
+
+def test_messageflow_classification_table_has_a_row_per_rule():
+    from mail2sms.providers import messageflow  # noqa: PLC0415
+
+    text = section(doc("providers.md"), "MessageFlow error classification", 3)
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) == len(messageflow.ERROR_RULES)
+    for row, rule in zip(rows, messageflow.ERROR_RULES, strict=True):
+        assert rule.verdict.name in row
+        if rule.http_status is not None:
+            assert f"| {rule.http_status} |" in row
