@@ -18,6 +18,7 @@ import pytest
 from fakes.dataflows import FakeDataFlows
 from fakes.http import FakeHttpApi
 from fakes.messageflow import FakeMessageFlow
+from fakes.textflow import FakeTextFlow
 
 from mail2sms.config import ProviderConfig
 from mail2sms.errors import ProviderAccountError, TransientProviderError
@@ -74,7 +75,24 @@ def _messageflow_kit() -> Kit:
     return Kit(fake, config, break_credentials)
 
 
-KITS: dict[str, Kit] = {"dataflows": _dataflows_kit(), "messageflow": _messageflow_kit()}
+def _textflow_kit() -> Kit:
+    def fake() -> FakeHttpApi:
+        return FakeTextFlow(token=TOKEN)
+
+    def config(f: FakeHttpApi) -> dict[str, Any]:
+        return {"kind": "textflow", "base_url": f.url, "token": TOKEN, "timeout": 1}
+
+    def break_credentials(f: FakeHttpApi) -> None:
+        f.token = "someoneElsesTextFlowKey000000"  # type: ignore[attr-defined]
+
+    return Kit(fake, config, break_credentials)
+
+
+KITS: dict[str, Kit] = {
+    "dataflows": _dataflows_kit(),
+    "messageflow": _messageflow_kit(),
+    "textflow": _textflow_kit(),
+}
 HTTP_KINDS = sorted(k for k, cls in PROVIDERS.items() if issubclass(cls, HttpProvider))
 
 

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 from mail2sms.errors import ConfigError
 from mail2sms.providers.base import HttpProvider, Provider, parse_retry_after
 from mail2sms.providers.dataflows import DataFlowsProvider
+from mail2sms.providers.messageflow import MessageFlowProvider
 from mail2sms.providers.outbox import OutboxProvider
+from mail2sms.providers.textflow import TextFlowProvider
 
 if TYPE_CHECKING:
     import httpx
@@ -22,8 +24,10 @@ __all__ = [
     "PROVIDERS",
     "DataFlowsProvider",
     "HttpProvider",
+    "MessageFlowProvider",
     "OutboxProvider",
     "Provider",
+    "TextFlowProvider",
     "build_provider",
     "parse_retry_after",
 ]
@@ -31,6 +35,8 @@ __all__ = [
 PROVIDERS: dict[str, type[Provider]] = {
     "outbox": OutboxProvider,
     "dataflows": DataFlowsProvider,
+    "messageflow": MessageFlowProvider,
+    "textflow": TextFlowProvider,
 }
 
 
