@@ -22,7 +22,7 @@ from mail2sms.errors import (
 )
 from mail2sms.models import Outcome, RecipientState, SmsBatch
 from mail2sms.providers import PROVIDERS, build_provider
-from mail2sms.providers.dataflows import Verdict
+from mail2sms.providers.base import Verdict
 from mail2sms.providers.messageflow import (
     ERROR_RULES,
     SEND_PATH,

@@ -19,7 +19,7 @@ from mail2sms.config import ProviderConfig
 from mail2sms.errors import PermanentProviderError, ProviderAccountError, TransientProviderError
 from mail2sms.models import Outcome, RecipientState, SmsBatch
 from mail2sms.providers import PROVIDERS, build_provider
-from mail2sms.providers.dataflows import Verdict
+from mail2sms.providers.base import Verdict
 from mail2sms.providers.textflow import ERROR_RULES, TextFlowProvider, classify
 
 pytestmark = pytest.mark.anyio

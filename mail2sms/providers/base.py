@@ -18,8 +18,10 @@ import json
 import math
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import httpx
@@ -111,6 +113,35 @@ def body_excerpt(response: httpx.Response, limit: int = EXCERPT_LENGTH) -> str:
     if len(one_line) > limit:
         return one_line[: limit - 1].rstrip() + "…"
     return one_line
+
+
+class Verdict(StrEnum):
+    """What an error answer means for mail2sms."""
+
+    ACCOUNT = "account"
+    """The operator's credentials, permission, balance or plan: keep mail queued, log loudly."""
+    RETRY = "retry"
+    """The provider is busy or failed internally: retry later."""
+    RECIPIENT = "recipient"
+    """The number is bad: that recipient fails for good, the others are unaffected."""
+    REFUSED = "refused"
+    """The message (sender ID, text, type) is refused: bounce the whole batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRule:
+    """One row of the classification: a ``message`` regex and/or an HTTP status."""
+
+    pattern: str | None
+    http_status: int | None
+    verdict: Verdict
+    hint: str
+
+    def matches(self, message: str, status: int) -> bool:
+        """Both given parts must match; the regex is searched, case-insensitively."""
+        if self.http_status is not None and self.http_status != status:
+            return False
+        return self.pattern is None or re.search(self.pattern, message, re.IGNORECASE) is not None
 
 
 class Provider(abc.ABC):

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
 
 from mail2sms.models import AccountStatus, Outcome, RecipientResult
-from mail2sms.providers.base import HttpProvider, parse_retry_after
+from mail2sms.providers.base import ErrorRule, HttpProvider, Verdict, parse_retry_after
 
 if TYPE_CHECKING:
     from mail2sms.errors import ProviderError
@@ -27,35 +26,6 @@ if TYPE_CHECKING:
 
 SEND_PATH = "/api/v3/sms/send"
 BALANCE_PATHS = ("/api/v3/profile/balance", "/api/v3/balance")
-
-
-class Verdict(StrEnum):
-    """What an error answer means for mail2sms."""
-
-    ACCOUNT = "account"
-    """The operator's token, permission, balance or plan: keep mail queued, log loudly."""
-    RETRY = "retry"
-    """The provider is busy or failed internally: retry later."""
-    RECIPIENT = "recipient"
-    """The number is bad: that recipient fails for good, the others are unaffected."""
-    REFUSED = "refused"
-    """The message (sender ID, text, type) is refused: bounce the whole batch."""
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorRule:
-    """One row of the classification: a ``message`` regex and/or an HTTP status."""
-
-    pattern: str | None
-    http_status: int | None
-    verdict: Verdict
-    hint: str
-
-    def matches(self, message: str, status: int) -> bool:
-        """Both given parts must match; the regex is searched, case-insensitively."""
-        if self.http_status is not None and self.http_status != status:
-            return False
-        return self.pattern is None or re.search(self.pattern, message, re.IGNORECASE) is not None
 
 
 ERROR_RULES: tuple[ErrorRule, ...] = (

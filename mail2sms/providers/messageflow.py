@@ -19,8 +19,7 @@ import httpx
 
 from mail2sms.errors import ConfigError
 from mail2sms.models import AccountStatus, Outcome, RecipientResult
-from mail2sms.providers.base import HttpProvider, parse_retry_after
-from mail2sms.providers.dataflows import Verdict
+from mail2sms.providers.base import HttpProvider, Verdict, parse_retry_after
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
