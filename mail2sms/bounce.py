@@ -35,7 +35,13 @@ from mail2sms.errors import RelayDeferredError, RelayError, RelayRejectedError
 from mail2sms.log import get_logger
 from mail2sms.loop import QueueLoop
 from mail2sms.mail_address import ascii_hostname, plain_address
-from mail2sms.models import CANCELLED_BY_ADMIN, BounceJob, FailedRecipient
+from mail2sms.models import (
+    CANCELLED_BY_ADMIN,
+    LIST_PREFIX,
+    BounceJob,
+    FailedRecipient,
+    is_contact_list,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -153,9 +159,15 @@ def _message_id(value: str | None) -> str | None:
 
 
 def _number(value: str) -> str:
-    """A number as stored (E.164), or only its ``+`` and ASCII digits if it is not one."""
+    """A number as stored (E.164), or only its ``+`` and ASCII digits if it is not one.
+
+    A contact list (``list:<uid>``) reads ``list-<uid>``: a valid local part.
+    """
     if _E164.fullmatch(value):
         return value
+    if is_contact_list(value):
+        uid = "".join(c for c in value.removeprefix(LIST_PREFIX) if c.isascii() and c.isalnum())
+        return f"list-{uid[:32] or 'unknown'}"
     kept = "".join(c for c in value if c == "+" or (c.isascii() and c.isdigit()))
     return kept[:16] or "unknown"
 

@@ -200,6 +200,8 @@ class GatewayConfig(Section):
     max_parts: int = Field(default=6, ge=1, le=30)
     aliases: dict[str, list[str]] = Field(default_factory=dict)
     """``name = [numbers]``: mail to ``<name>@<gateway domain>`` goes to those numbers."""
+    contact_lists: dict[str, str] = Field(default_factory=dict)
+    """``name = "<uid>"``: mail to ``<name>@<gateway domain>`` goes to a DataFlows contact list."""
     options: dict[str, AddressOptions] = Field(default_factory=dict)
     """Per gateway or alias address: ``otp``, ``sender_id``."""
 
@@ -252,6 +254,26 @@ class GatewayConfig(Section):
             raise ValueError("aliases need gateway.domains: mail goes to <name>@<domain>")
         return aliases
 
+    @field_validator("contact_lists")
+    @classmethod
+    def _contact_lists(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        """Names like aliases (and not one of them); uids as DataFlows writes them."""
+        lists: dict[str, str] = {}
+        for name, uid in value.items():
+            key = name.strip().lower()
+            if not _ALIAS_NAME.fullmatch(key) or key.replace(".", "").isdigit():
+                raise ValueError(f"{name!r} is not a list name (letters, e.g. 'managers')")
+            if key in info.data.get("aliases", {}):
+                raise ValueError(f"{name!r} is both an alias and a contact list")
+            if not re.fullmatch(r"[A-Za-z0-9]{1,64}", uid.strip()):
+                raise ValueError(
+                    f"{name}: {uid!r} is not a contact list uid (e.g. '6065ac2f1a2b3')"
+                )
+            lists[key] = uid.strip()
+        if lists and not info.data.get("domains"):
+            raise ValueError("contact lists need gateway.domains: mail goes to <name>@<domain>")
+        return lists
+
     @field_validator("options")
     @classmethod
     def _options(
@@ -259,8 +281,9 @@ class GatewayConfig(Section):
     ) -> dict[str, AddressOptions]:
         """Options only for addresses the gateway accepts, so a typo is an error."""
         domains = info.data.get("domains", [])
+        names = [*info.data.get("aliases", {}), *info.data.get("contact_lists", {})]
         known = set(info.data.get("addresses", [])) | {
-            f"{alias}@{domain}" for alias in info.data.get("aliases", {}) for domain in domains
+            f"{name}@{domain}" for name in names for domain in domains
         }
         options = {_normalise_email(address): opts for address, opts in value.items()}
         unknown = sorted(set(options) - known)
@@ -414,6 +437,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Environment first, then the file's values (passed in as init data)."""
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _lists_need_dataflows(self) -> Self:
+        if self.gateway.contact_lists and self.provider.kind != "dataflows":
+            raise ValueError(
+                "gateway.contact_lists are DataFlows contact lists: they need "
+                f"provider.kind = 'dataflows' (not '{self.provider.kind}')"
+            )
+        return self
 
     def warnings(self) -> list[str]:
         """Valid but probably unintended settings, for ``check-config`` and the start-up log."""

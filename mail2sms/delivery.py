@@ -21,7 +21,7 @@ from mail2sms.errors import (
 )
 from mail2sms.log import get_logger
 from mail2sms.loop import QueueLoop
-from mail2sms.models import ClaimedJob, Outcome, RecipientResult, SmsBatch
+from mail2sms.models import ClaimedJob, Outcome, RecipientResult, SmsBatch, is_contact_list
 from mail2sms.providers.base import Provider
 from mail2sms.queue import AsyncQueue
 from mail2sms.rate_limit import TokenBucket
@@ -136,8 +136,16 @@ class Delivery(QueueLoop):
                 log.warning("delivery_cancelled_at_shutdown", messages=len(pending))
 
     async def _deliver(self, job: ClaimedJob) -> None:
-        for numbers in chunks(job.recipients, self.provider.max_recipients):
-            await self._send_batch(job, numbers)
+        lists = [r for r in job.recipients if is_contact_list(r)]
+        numbers = [r for r in job.recipients if not is_contact_list(r)]
+        for batch in chunks(numbers, self.provider.max_recipients):
+            await self._send_batch(job, batch)
+        for contact_list in lists:  # a contact list is always a request of its own
+            if not self.provider.supports_contact_lists:
+                reason = f"{self.provider.name} cannot send to contact lists (DataFlows can)"
+                await self._fail(job, (contact_list,), reason, "5.3.3")
+                continue
+            await self._send_batch(job, (contact_list,))
 
     async def _send_batch(self, job: ClaimedJob, numbers: tuple[str, ...]) -> None:
         maybe_sent = [n for n in numbers if n in job.possible_duplicates]

@@ -10,6 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+LIST_PREFIX = "list:"
+"""A queued recipient that is a provider's contact list (``list:<uid>``), not a number."""
+
+
+def is_contact_list(recipient: str) -> bool:
+    """The recipient names a provider contact list rather than a phone number."""
+    return recipient.startswith(LIST_PREFIX)
+
 
 @dataclass(frozen=True, slots=True)
 class RcptTarget:

@@ -30,7 +30,7 @@ from mail2sms.errors import (
 from mail2sms.log import get_logger
 from mail2sms.mail_address import ascii_domain, plain_address
 from mail2sms.mail_parse import header_block, parse_mail
-from mail2sms.models import MailContent, NewMessage, RcptTarget
+from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget
 from mail2sms.queue import AsyncQueue
 from mail2sms.sms_text import check_length
 
@@ -113,7 +113,11 @@ class Policy:
             allow=tuple(settings.senders.allow),
             max_received=settings.smtp.max_received,
             accept_auto_generated=settings.smtp.accept_auto_generated,
-            aliases={name: tuple(numbers) for name, numbers in settings.gateway.aliases.items()},
+            aliases={name: tuple(numbers) for name, numbers in settings.gateway.aliases.items()}
+            | {
+                name: (f"{LIST_PREFIX}{uid}",)
+                for name, uid in settings.gateway.contact_lists.items()
+            },
             options=dict(settings.gateway.options),
         )
 

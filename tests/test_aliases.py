@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ALLOWED, DOMAIN, GATEWAY, TOKEN
+from conftest import ALLOWED, DOMAIN, GATEWAY, TOKEN, poll
 from test_smtp import make_mail, transaction
 
 from mail2sms.config import load_config
@@ -90,3 +90,66 @@ def test_alias_and_option_mistakes_are_config_errors(tmp_path, toml, problem):
     assert any(p.startswith("gateway.") and problem in p for p in caught.value.problems), (
         caught.value.problems
     )
+
+
+async def test_mail_to_a_contact_list_is_one_dataflows_campaign(
+    make_settings, start_app, fake_dataflows
+):
+    fake_dataflows.contact_lists["6065ac2f1a2b3"] = ["61411111111", "61422222222"]
+    settings = settings_for(
+        make_settings, fake_dataflows, contact_lists={"managers": "6065ac2f1a2b3"}
+    )
+    app = await start_app(settings)
+    replies = await transaction(
+        app.smtp_port,
+        ALLOWED,
+        [f"managers@{DOMAIN}", f"oncall@{DOMAIN}"],
+        make_mail(to=f"managers@{DOMAIN}", subject="", body="Board meeting moved to 3pm"),
+    )
+    assert replies[-1][0] == 250, replies
+    sent = await fake_dataflows.until_sent(4)
+    assert sorted(s.number for s in sent) == [
+        "61411111111",
+        "61412345678",
+        "61422222222",
+        "61498765432",
+    ]
+    posts = {r.path: r.body for r in fake_dataflows.requests if r.method == "POST"}
+    assert posts["/api/v3/sms/campaign"] == {
+        "contact_list_id": "6065ac2f1a2b3",
+        "sender_id": "TestBrand",
+        "type": "plain",
+        "message": "Board meeting moved to 3pm",
+    }
+    assert posts["/api/v3/sms/send"]["recipient"] == "61412345678,61498765432"
+
+
+async def test_an_empty_contact_list_bounces_that_list_only(
+    make_settings, start_app, fake_dataflows
+):
+    fake_dataflows.contact_lists["65f1c0a2b3e00"] = []
+    settings = settings_for(make_settings, fake_dataflows, contact_lists={"board": "65f1c0a2b3e00"})
+    app = await start_app(settings)
+    replies = await transaction(
+        app.smtp_port, ALLOWED, [f"board@{DOMAIN}"], make_mail(to=f"board@{DOMAIN}")
+    )
+    queue_id = replies[-1][1].rsplit(" ", 1)[1]
+
+    async def failed():
+        entry = await app.queue.get(queue_id)
+        return entry if entry.state == "failed" else None
+
+    entry = await poll(failed)
+    (recipient,) = entry.recipients
+    assert recipient.number == "list:65f1c0a2b3e00"
+    assert "Valid phone number not found" in (recipient.last_error or "")
+
+
+def test_contact_lists_need_the_dataflows_provider(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        BASE + '[gateway.contact_lists]\nmanagers = "6065ac2f1a2b3"\n', encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any("provider.kind = 'dataflows'" in p for p in caught.value.problems)

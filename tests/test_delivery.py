@@ -360,3 +360,27 @@ async def test_each_provider_request_takes_a_token_from_the_rate_limiter(queue, 
 async def test_providers_without_a_published_limit_are_not_throttled(queue, run_delivery):
     delivery = run_delivery(ScriptedProvider([]))
     assert delivery.limiter is None
+
+
+async def test_a_contact_list_is_its_own_request_and_fails_where_unsupported(queue, run_delivery):
+    class ListProvider(ScriptedProvider):
+        supports_contact_lists = True
+
+    listing = ListProvider([Outcome.SENT, Outcome.SENT])
+    queue_id = await queue.enqueue(message("+61412345678", "list:6065ac2f1a2b3"))
+    run_delivery(listing)
+    await wait_state(queue, queue_id, lambda s: set(s.values()) == {RecipientState.SENT})
+    assert [b.recipients for b in listing.batches] == [("+61412345678",), ("list:6065ac2f1a2b3",)]
+
+
+async def test_a_provider_without_contact_lists_fails_the_list_for_good(queue, run_delivery):
+    provider = ScriptedProvider([Outcome.SENT])
+    queue_id = await queue.enqueue(message("+61412345678", "list:6065ac2f1a2b3"))
+    run_delivery(provider)
+    entry = await wait_state(
+        queue, queue_id, lambda s: s["list:6065ac2f1a2b3"] is RecipientState.FAILED
+    )
+    failed = next(r for r in entry.recipients if r.number.startswith("list:"))
+    assert failed.dsn_status == "5.3.3"
+    assert "cannot send to contact lists" in (failed.last_error or "")
+    assert [b.recipients for b in provider.batches] == [("+61412345678",)]

@@ -157,6 +157,8 @@ class Provider(abc.ABC):
     supports_unicode: ClassVar[bool]
     requests_per_second: ClassVar[float | None]
     docs_url: ClassVar[str]
+    supports_contact_lists: ClassVar[bool] = False
+    """``send`` takes a batch of one ``list:<uid>`` recipient: the provider's contact list."""
 
     @classmethod
     @abc.abstractmethod

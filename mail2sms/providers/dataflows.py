@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from mail2sms.models import AccountStatus, Outcome, RecipientResult
+from mail2sms.models import LIST_PREFIX, AccountStatus, Outcome, RecipientResult, is_contact_list
 from mail2sms.providers.base import ErrorRule, HttpProvider, Verdict, parse_retry_after
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from mail2sms.models import SmsBatch
 
 SEND_PATH = "/api/v3/sms/send"
+CAMPAIGN_PATH = "/api/v3/sms/campaign"
+_EMPTY_LIST = re.compile(r"valid phone number not found|invalid.*(group|list)", re.IGNORECASE)
 BALANCE_PATHS = ("/api/v3/profile/balance", "/api/v3/balance")
 
 
@@ -198,9 +200,12 @@ class DataFlowsProvider(HttpProvider):
     requests_per_second: ClassVar[float | None] = 10.0  # DataFlows publishes 600 req/min
     docs_url: ClassVar[str] = "https://docs.dataflows.com.au/"
     default_base_url: ClassVar[str] = "https://sms.dataflows.com.au"
+    supports_contact_lists: ClassVar[bool] = True
 
     async def send(self, batch: SmsBatch) -> list[RecipientResult]:
         """Send one request; read the envelope, never the HTTP status, for success."""
+        if len(batch.recipients) == 1 and is_contact_list(batch.recipients[0]):
+            return [await self._send_campaign(batch)]
         numbers = list(dict.fromkeys(_digits(r) for r in batch.recipients))
         if not numbers:
             return []
@@ -217,6 +222,33 @@ class DataFlowsProvider(HttpProvider):
         else:
             by_number = self._failure(numbers, envelope, response)
         return [replace(by_number[_digits(r)], recipient=r) for r in batch.recipients]
+
+    async def _send_campaign(self, batch: SmsBatch) -> RecipientResult:
+        """Send to a DataFlows contact list: one campaign, produced by DataFlows itself.
+
+        The answer only says the campaign was stored; which numbers got it is in DataFlows'
+        campaign report (its uid is kept as the reference).
+        """
+        (recipient,) = batch.recipients
+        body = {
+            "contact_list_id": recipient.removeprefix(LIST_PREFIX),
+            "sender_id": batch.sender_id,
+            "type": "otp" if batch.sms_type == "otp" else "plain",
+            "message": batch.text,
+        }
+        response = await self._request("POST", CAMPAIGN_PATH, json_body=body)
+        envelope = self._envelope(response)
+        said = self._redact(_text(envelope.get("message"))) or f"HTTP {response.status_code}"
+        if str(envelope.get("status", "")).strip().lower() == "success":
+            data = envelope.get("data")
+            ref = _item_ref(data) if isinstance(data, dict) else None
+            return RecipientResult(recipient, Outcome.SENT, detail=said, provider_ref=ref)
+        rule = classify(said, response.status_code)
+        verdict = rule.verdict if rule is not None else Verdict.REFUSED
+        if verdict is Verdict.RECIPIENT or _EMPTY_LIST.search(said):
+            # an empty list, or nothing in it DataFlows can send to
+            return RecipientResult(recipient, Outcome.PERMANENT, detail=said)
+        raise self._error(verdict, said, response)
 
     async def check_account(self) -> AccountStatus:
         """Ask for the balance: it needs a valid token and sends nothing.

@@ -43,6 +43,7 @@ MSG_TOO_MANY = f"You cannot send more than {MAX_BULK} SMS in a single request."
 MSG_NOT_A_NUMBER = "The string supplied did not seem to be a phone number."
 MSG_BAD_TYPE = "Please insert valid sms type called plain, unicode, voice, mms, and whatsapp."
 MSG_LIMIT = "You have exceeded your sending limit."
+MSG_NO_VALID_NUMBER = "Valid phone number not found. Please insert at least one valid phone number"
 
 _STRIP = re.compile(r"[+()\-\s]")
 _UID_PATH = re.compile(r"/api/v3/sms/([0-9a-f]{13})")
@@ -92,6 +93,7 @@ class FakeDataFlows(FakeHttpApi):
         self.approved_senders: set[str] | None = None
         self.balance: int | None = None
         self.rate_limit: int | None = None
+        self.contact_lists: dict[str, list[str]] = {}  # group uid → numbers (digits)
         self._scheduled: list[SentSms] = []
         self._hits: deque[float] = deque()
         self._uids: set[str] = set()
@@ -129,6 +131,7 @@ class FakeDataFlows(FakeHttpApi):
         routes: dict[str, tuple[tuple[str, ...], Callable[[], Reply]]] = {
             # GET /sms/send is DataFlows' documented "alternative method".
             "/api/v3/sms/send": (("POST", "GET"), lambda: self._send(fields)),
+            "/api/v3/sms/campaign": (("POST",), lambda: self._campaign(fields)),
             "/api/v3/balance": (("GET",), self._balance),
             "/api/v3/profile/balance": (("GET",), self._balance),
             "/api/v3/me": (("GET",), self._profile),
@@ -176,6 +179,28 @@ class FakeDataFlows(FakeHttpApi):
         if "json" not in request.headers.get("accept", ""):
             return _html(302, f"Redirecting to {self.url}/login", {"Location": f"{self.url}/login"})
         return _error(self._status(200, 401), MSG_UNAUTHENTICATED)
+
+    def _campaign(self, fields: dict[str, Any]) -> Reply:
+        """Send to contact groups (comma-separated uids), as §1.6 describes."""
+        uids = [u.strip() for u in str(fields.get("contact_list_id") or "").split(",") if u.strip()]
+        message = str(fields.get("message") or "")
+        sender_id = str(fields.get("sender_id") or "")
+        if not uids or not message:
+            return _error(self._status(200, 422), "The contact list id field is required.")
+        unknown = [u for u in uids if u not in self.contact_lists]
+        if unknown:
+            return _error(404, "Invalid contact group")  # [?] locale.campaign.invalid_group
+        numbers = [n for u in uids for n in self.contact_lists[u] if self._valid(n)]
+        if not numbers:
+            return _error(404, MSG_NO_VALID_NUMBER)
+        for number in numbers:
+            self._record(number, message, sender_id)
+        uid = secrets.token_hex(7)[:13]
+        return _success(
+            "Your campaign successfully store and is being produced in the background. "
+            "Track the process in the Reports -> Campaigns Menu",
+            {"id": 12, "uid": uid, "status": "queued", "message": message},
+        )
 
     def _send(self, fields: dict[str, Any]) -> Reply:  # noqa: C901, PLR0911, PLR0912  one branch per documented answer
         recipient = str(fields.get("recipient") or "").strip()
