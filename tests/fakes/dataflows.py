@@ -100,24 +100,10 @@ class FakeDataFlows(FakeHttpApi):
         super().__init__()
 
     @property
-    def sent(self) -> list[SentSms]:
-        """Every SMS delivered, as ``(number_digits, message, sender_id, uid)`` (a copy)."""
-        with self._lock:
-            return list(self._sent)
-
-    @property
     def scheduled(self) -> list[SentSms]:
         """SMS accepted with a ``schedule_time`` (not delivered)."""
         with self._lock:
             return list(self._scheduled)
-
-    def wait_for_sent(self, n: int, timeout: float = 10.0) -> list[SentSms]:
-        """Block until at least ``n`` SMS were delivered; AssertionError with context if not."""
-        return super().wait_for_sent(n, timeout)
-
-    async def until_sent(self, n: int, timeout: float = 10.0) -> list[SentSms]:
-        """Async ``wait_for_sent`` (typed for DataFlows' records)."""
-        return await super().until_sent(n, timeout)
 
     # ---- the API ---------------------------------------------------------------------
 

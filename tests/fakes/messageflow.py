@@ -77,20 +77,6 @@ class FakeMessageFlow(FakeHttpApi):
         self._pending: dict[str, float] = {}  # request body → when it is ready (202 mode)
         super().__init__()
 
-    @property
-    def sent(self) -> list[SentSms]:
-        """Every SMS accepted, as ``(number_digits, message, sender, external_id)`` (a copy)."""
-        with self._lock:
-            return list(self._sent)
-
-    def wait_for_sent(self, n: int, timeout: float = 10.0) -> list[SentSms]:
-        """Block until at least ``n`` SMS were accepted; AssertionError with context if not."""
-        return super().wait_for_sent(n, timeout)
-
-    async def until_sent(self, n: int, timeout: float = 10.0) -> list[SentSms]:
-        """Async ``wait_for_sent`` (typed for MessageFlow's records)."""
-        return await super().until_sent(n, timeout)
-
     # ---- the API ---------------------------------------------------------------------
 
     def _route(self, request: RecordedRequest) -> Reply:

@@ -70,20 +70,6 @@ class FakeTextFlow(FakeHttpApi):
         self._hits: deque[float] = deque()
         super().__init__()
 
-    @property
-    def sent(self) -> list[SentSms]:
-        """Every SMS delivered, oldest first (a copy)."""
-        with self._lock:
-            return list(self._sent)
-
-    def wait_for_sent(self, n: int, timeout: float = 10.0) -> list[SentSms]:
-        """Block until at least ``n`` SMS were delivered; AssertionError with context if not."""
-        return super().wait_for_sent(n, timeout)
-
-    async def until_sent(self, n: int, timeout: float = 10.0) -> list[SentSms]:
-        """Async ``wait_for_sent`` (typed for TextFlow's records)."""
-        return await super().until_sent(n, timeout)
-
     # ---- the API ---------------------------------------------------------------------
 
     def _route(self, request: RecordedRequest) -> Reply:
