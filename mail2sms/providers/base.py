@@ -30,6 +30,7 @@ from mail2sms.errors import (
     ConfigError,
     PermanentProviderError,
     ProviderAccountError,
+    ProviderError,
     TransientProviderError,
 )
 from mail2sms.models import AccountStatus
@@ -241,6 +242,19 @@ class HttpProvider(Provider):
     def permanent(self, text: str, *, status: str = "5.0.0") -> PermanentProviderError:
         """Make a redacted error that bounces the whole batch (``status`` for the DSN)."""
         return PermanentProviderError(self._redact(f"{self.name}: {text}"), status=status)
+
+    def verdict_error(self, verdict: Verdict, said: str, response: httpx.Response) -> ProviderError:
+        """The error for a batch-wide verdict, in the provider's own words (``said``).
+
+        ACCOUNT keeps mail queued, RETRY honours the answer's Retry-After, anything else
+        bounces the whole batch with 5.7.1 (delivery not authorised, message refused).
+        """
+        if verdict is Verdict.ACCOUNT:
+            return self.transient(f"the account was refused: {said}", account=True)
+        if verdict is Verdict.RETRY:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            return self.transient(f"try again later: {said}", retry_after=retry_after)
+        return self.permanent(f"the message was refused: {said}", status="5.7.1")
 
     def excerpt(self, response: httpx.Response) -> str:
         """``body_excerpt`` with the token removed."""

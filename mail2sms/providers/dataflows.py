@@ -10,7 +10,6 @@ table, so the operator docs and the tests come from the same list as the code.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
@@ -18,10 +17,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from mail2sms.models import LIST_PREFIX, AccountStatus, Outcome, RecipientResult, is_contact_list
-from mail2sms.providers.base import ErrorRule, HttpProvider, Verdict, parse_retry_after
+from mail2sms.providers.base import ErrorRule, HttpProvider, Verdict
 
 if TYPE_CHECKING:
-    from mail2sms.errors import ProviderError
     from mail2sms.models import SmsBatch
 
 SEND_PATH = "/api/v3/sms/send"
@@ -248,7 +246,7 @@ class DataFlowsProvider(HttpProvider):
         if verdict is Verdict.RECIPIENT or _EMPTY_LIST.search(said):
             # an empty list, or nothing in it DataFlows can send to
             return RecipientResult(recipient, Outcome.PERMANENT, detail=said)
-        raise self._error(verdict, said, response)
+        raise self.verdict_error(verdict, said, response)
 
     async def check_account(self) -> AccountStatus:
         """Ask for the balance: it needs a valid token and sends nothing.
@@ -386,16 +384,7 @@ class DataFlowsProvider(HttpProvider):
                     for n in numbers
                 }
             verdict = Verdict.REFUSED
-        raise self._error(verdict, said, response)
-
-    def _error(self, verdict: Verdict, said: str, response: httpx.Response) -> ProviderError:
-        if verdict is Verdict.ACCOUNT:
-            return self.transient(f"the account was refused: {said}", account=True)
-        if verdict is Verdict.RETRY:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            return self.transient(f"try again later: {said}", retry_after=retry_after)
-        # 5.7.1: delivery not authorised, message refused (sender ID, content, type)
-        return self.permanent(f"the message was refused: {said}", status="5.7.1")
+        raise self.verdict_error(verdict, said, response)
 
 
 def _is_json(response: httpx.Response) -> bool:

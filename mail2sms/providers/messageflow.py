@@ -454,7 +454,7 @@ class MessageFlowProvider(HttpProvider):
                 hints = list(dict.fromkeys(rule.hint for _, rule in chosen if rule and rule.hint))
                 hint = f" ({'; '.join(hints)})" if hints else ""
                 said = f"HTTP {status}: {'; '.join(e.text for e, _ in chosen)}{hint}{ref}"
-                raise self._error(verdict, said, response)
+                raise self.verdict_error(verdict, said, response)
         # Every error is about a number.
         if len(numbers) == 1:
             text = "; ".join(e.text for e in errors)
@@ -466,7 +466,7 @@ class MessageFlowProvider(HttpProvider):
                 named.setdefault(number, []).append(error.text)
         if not named:
             said = f"HTTP {status}: {'; '.join(e.text for e in errors)}{ref}"
-            raise self._error(Verdict.REFUSED, f"{said} (no number named)", response)
+            raise self.verdict_error(Verdict.REFUSED, f"{said} (no number named)", response)
         # Nothing was sent; the numbers not named are retried without the bad ones.
         return {
             n: _result(Outcome.PERMANENT, self._redact("; ".join(named[n])))
@@ -477,15 +477,6 @@ class MessageFlowProvider(HttpProvider):
             )
             for n in numbers
         }
-
-    def _error(self, verdict: Verdict, said: str, response: httpx.Response) -> ProviderError:
-        if verdict is Verdict.ACCOUNT:
-            return self.transient(f"the account was refused: {said}", account=True)
-        if verdict is Verdict.RETRY:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            return self.transient(f"try again later: {said}", retry_after=retry_after)
-        # 5.7.1: delivery not authorised, message refused (sender ID, text, request)
-        return self.permanent(f"the message was refused: {said}", status="5.7.1")
 
     # ---- account check ---------------------------------------------------------------
 

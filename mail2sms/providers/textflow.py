@@ -23,7 +23,6 @@ keeping mail queued.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,7 +30,7 @@ import httpx
 
 from mail2sms.errors import PermanentProviderError, ProviderError
 from mail2sms.models import AccountStatus, Outcome, RecipientResult
-from mail2sms.providers.base import ErrorRule, HttpProvider, Verdict, parse_retry_after
+from mail2sms.providers.base import ErrorRule, HttpProvider, Verdict
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -181,7 +180,7 @@ class TextFlowProvider(HttpProvider):
         verdict, message, said = self._refusal(envelope, response)
         if verdict is Verdict.RECIPIENT:
             return RecipientResult(number, Outcome.PERMANENT, message)
-        raise self._error(verdict, said, response)
+        raise self.verdict_error(verdict, said, response)
 
     async def check_account(self) -> AccountStatus:
         """``GET /api/balance``: the credits and per-region packages left, in TextFlow's words.
@@ -195,7 +194,7 @@ class TextFlowProvider(HttpProvider):
             verdict, _message, said = self._refusal(envelope, response, unmatched=Verdict.ACCOUNT)
             if verdict is not Verdict.RETRY:
                 verdict = Verdict.ACCOUNT
-            raise self._error(verdict, said, response)
+            raise self.verdict_error(verdict, said, response)
         return AccountStatus(
             balance=self._balance_words(envelope),
             detail=f"GET {BALANCE_PATH} accepted the API key",
@@ -266,12 +265,3 @@ class TextFlowProvider(HttpProvider):
             where += f" (status {body_status})"
         said = f"{where}: {message}" + (f" ({hint})" if hint else "")
         return verdict, message, said
-
-    def _error(self, verdict: Verdict, said: str, response: httpx.Response) -> ProviderError:
-        if verdict is Verdict.ACCOUNT:
-            return self.transient(f"the account was refused: {said}", account=True)
-        if verdict is Verdict.RETRY:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            return self.transient(f"try again later: {said}", retry_after=retry_after)
-        # 5.7.1: delivery not authorised, message refused
-        return self.permanent(f"the message was refused: {said}", status="5.7.1")
