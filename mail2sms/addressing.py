@@ -129,20 +129,27 @@ def parse_rcpt(
     return RcptTarget(address=f"{local}@{domain}", number=number)
 
 
-def parse_numbers(text: str, default_region: str) -> tuple[str, ...]:
+def parse_numbers(
+    text: str, default_region: str, aliases: Mapping[str, Sequence[str]] | None = None
+) -> tuple[str, ...]:
     """Read the recipients listed in a Subject as E.164 numbers, in order, without repeats.
 
     Numbers are separated by ``,``, ``;`` or whitespace, but people also write one number
     with spaces (``0412 345 678``, ``+61 412 345 678``, ``(02) 9876 5432``). So each
     comma/semicolon chunk is first tried as a single number; if that fails its whitespace
     tokens are grouped greedily, each group being the longest run that is a valid number.
-    The first token that cannot be part of any number is named in the refusal.
+    The first token that cannot be part of any number is named in the refusal. An alias
+    name (``oncall``) between the separators stands for its numbers.
     """
     example = _example_number(default_region)
     numbers: list[str] = []
     for chunk in _CHUNK_SEPARATORS.split(text):
         stripped = chunk.strip()
         if not stripped:
+            continue
+        alias = (aliases or {}).get(stripped.lower())
+        if alias is not None:
+            numbers.extend(alias)
             continue
         whole = (
             _read_number(stripped, default_region) if _NUMBER_CHUNK.fullmatch(stripped) else None

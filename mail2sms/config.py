@@ -154,6 +154,8 @@ class SmtpConfig(Section):
     max_message_size: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_received: int = Field(default=30, ge=1, le=1000)
     accept_auto_generated: bool = True
+    duplicate_window: Duration = Field(default=600.0, ge=0)
+    """The same Message-ID from the same sender within this is answered 250, not resent."""
 
     @field_validator("hostname")
     @classmethod
@@ -174,12 +176,18 @@ def _check_sender_id(value: str) -> str:
     )
 
 
+TextSource = Literal["body", "subject", "subject+body"]
+
+
 class AddressOptions(Section):
     """How mail to one gateway or alias address is sent, where it differs from the default."""
 
     otp: bool = False
     """Use the provider's priority route for one-time codes (DataFlows ``type: otp``)."""
     sender_id: str | None = None
+    text: TextSource = "body"
+    """Where the SMS text comes from (``body``: an empty body falls back to the subject)."""
+    max_parts: int | None = Field(default=None, ge=1, le=30)
 
     @field_validator("sender_id")
     @classmethod
@@ -187,7 +195,8 @@ class AddressOptions(Section):
         return None if value is None else _check_sender_id(value)
 
 
-_ALIAS_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+_ALIAS_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,62}(?<!\.)")
+_NUMBER_LIKE = re.compile(r"\+?[\d.\-]+")  # would capture mail to <number>@domain
 
 
 class GatewayConfig(Section):
@@ -244,7 +253,7 @@ class GatewayConfig(Section):
         aliases: dict[str, list[str]] = {}
         for name, numbers in value.items():
             key = name.strip().lower()
-            if not _ALIAS_NAME.fullmatch(key) or key.replace(".", "").isdigit():
+            if not _ALIAS_NAME.fullmatch(key) or _NUMBER_LIKE.fullmatch(key):
                 raise ValueError(f"{name!r} is not an alias name (letters, e.g. 'oncall')")
             try:
                 aliases[key] = list(parse_numbers(", ".join(numbers), region))
@@ -261,7 +270,7 @@ class GatewayConfig(Section):
         lists: dict[str, str] = {}
         for name, uid in value.items():
             key = name.strip().lower()
-            if not _ALIAS_NAME.fullmatch(key) or key.replace(".", "").isdigit():
+            if not _ALIAS_NAME.fullmatch(key) or _NUMBER_LIKE.fullmatch(key):
                 raise ValueError(f"{name!r} is not a list name (letters, e.g. 'managers')")
             if key in info.data.get("aliases", {}):
                 raise ValueError(f"{name!r} is both an alias and a contact list")
@@ -323,6 +332,20 @@ class ProviderConfig(Section):
     """MessageFlow's second credential (the panel's "ApplicationKey"); a secret too."""
     timeout: Duration = 30.0
 
+    @field_validator("token", "application_key")
+    @classmethod
+    def _credential(cls, value: SecretStr | None) -> SecretStr | None:
+        """It goes into an HTTP header: printable ASCII only (never shown in the error)."""
+        if value is None:
+            return None
+        secret = value.get_secret_value().strip()
+        if not re.fullmatch(r"[\x21-\x7e]*", secret):
+            raise ValueError(
+                "contains spaces, line breaks or non-ASCII characters; "
+                "a credential is one line of printable ASCII (check the file or variable)"
+            )
+        return SecretStr(secret)
+
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
@@ -351,6 +374,36 @@ class ProviderConfig(Section):
                 f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_APPLICATION_KEY}"
             )
         return self
+
+
+class ContentConfig(Section):
+    """How mail text is shaped into SMS text."""
+
+    normalize: bool = True
+    """Map curly quotes, dashes, odd spaces… to GSM-7, so mostly-ASCII mail stays GSM-7."""
+    strip_patterns: list[str] = Field(default_factory=list)
+    """Regular expressions removed from the text wherever they match."""
+    cut_after: list[str] = Field(default_factory=list)
+    """Marker lines (e.g. ``$$``) after which everything is dropped."""
+    on_too_long: Literal["reject", "truncate"] = "reject"
+
+    @field_validator("strip_patterns")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("cut_after")
+    @classmethod
+    def _markers(cls, value: list[str]) -> list[str]:
+        markers = [m.strip() for m in value]
+        if any(not m for m in markers):
+            raise ValueError("an empty marker would cut every message")
+        return markers
 
 
 class QueueConfig(Section):
@@ -425,6 +478,7 @@ class Settings(BaseSettings):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     bounce: BounceConfig = Field(default_factory=BounceConfig)
+    content: ContentConfig = Field(default_factory=ContentConfig)
 
     @classmethod
     def settings_customise_sources(

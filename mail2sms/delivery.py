@@ -136,6 +136,11 @@ class Delivery(QueueLoop):
                 log.warning("delivery_cancelled_at_shutdown", messages=len(pending))
 
     async def _deliver(self, job: ClaimedJob) -> None:
+        """Send the job batch by batch, renewing the lease before each.
+
+        A long job (many batches, rate limiting, slow answers) is then never claimed
+        again by another worker while this one still works on it.
+        """
         lists = [r for r in job.recipients if is_contact_list(r)]
         numbers = [r for r in job.recipients if not is_contact_list(r)]
         for batch in chunks(numbers, self.provider.max_recipients):
@@ -148,6 +153,7 @@ class Delivery(QueueLoop):
             await self._send_batch(job, (contact_list,))
 
     async def _send_batch(self, job: ClaimedJob, numbers: tuple[str, ...]) -> None:
+        await self.queue.renew_lease(job.queue_id, job.recipients, until=self.clock() + self.lease)
         maybe_sent = [n for n in numbers if n in job.possible_duplicates]
         if maybe_sent:
             log.warning(

@@ -8,8 +8,11 @@ which the SMTP handler turns into a 554 the sender can read.
 
 The body is produced in two stages kept apart on purpose: *decoding* (MIME part choice,
 transfer encoding, charset, format=flowed, HTML → text) and *shaping* (a list of text →
-text steps in ``_SHAPING_STEPS``), so later issues can add signature, quote or disclaimer
-removal and GSM normalisation as further shaping steps.
+text steps in ``_SHAPING_STEPS``): quoted replies, signatures, phone footers, external-sender
+banners and confidentiality disclaimers are removed there, because on a phone they cost
+parts and hide what the person wrote. Every removal is conservative: it never leaves a
+body empty that had text, and each pattern is a line scan or an anchored, bounded regex so
+a hostile message stays linear.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import codecs
 import html
 import io
 import re
+from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value, getaddresses
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from email.message import Message
 
-__all__ = ["header_block", "html_to_text", "parse_mail"]
+__all__ = ["Cleanup", "header_block", "html_to_text", "parse_mail"]
 
 # Deeper MIME nesting than this is not mail a person or a device wrote; the stdlib parser
 # itself gives up (RecursionError) somewhere near a thousand levels.
@@ -48,7 +52,10 @@ _LINE_BREAK = re.compile(r"\r\n|\r")
 _HEADER_LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
 _FOLD = re.compile(r"\r\n|\r|\n")
 _COMMENT = re.compile(r"\([^()]*\)")
-_BLANK_RUN = re.compile(r"\n{3,}")
+_BLANK_RUN = re.compile(r"\n{2,}")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+# Two or more spaces/tabs, or a tab, after a visible character (indentation is kept).
+_SPACE_RUN = re.compile(r"(?<=\S)(?:[ \t]{2,}|\t)")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ANGLE_ID = re.compile(r"<([^<>]*)>")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
@@ -67,14 +74,33 @@ _TOO_DEEP = (
 )
 
 
-def parse_mail(raw: bytes) -> MailContent:
+@dataclass(frozen=True)
+class Cleanup:
+    """Operator-configured removals (``content.strip_patterns`` / ``content.cut_after``).
+
+    Applied to the decoded body before the built-in removals, so a marker or pattern the
+    operator knows about wins over the heuristics.
+    """
+
+    strip_patterns: tuple[re.Pattern[str], ...] = ()
+    """Removed wherever they match (e.g. a ticket system's footer)."""
+    cut_after: tuple[str, ...] = ()
+    """Marker lines (compared after stripping whitespace, e.g. ``$$`` or ``END``): the
+    first such line and everything after it is dropped, as commercial gateways offer."""
+
+
+_NO_CLEANUP = Cleanup()
+
+
+def parse_mail(raw: bytes, cleanup: Cleanup | None = None) -> MailContent:
     """Read subject, From addresses, Message-ID, Date and the body text out of ``raw``.
 
     Never raises anything but ``UnparseableMailError``: whatever bytes a client sends,
-    the handler gets either content or a refusal it can reply with.
+    the handler gets either content or a refusal it can reply with. ``cleanup`` adds the
+    operator's own removals to the built-in ones.
     """
     try:
-        return _parse(raw)
+        return _parse(raw, cleanup or _NO_CLEANUP)
     except UnparseableMailError:
         raise
     except RecursionError as exc:
@@ -101,14 +127,17 @@ def header_block(raw: bytes) -> str:
     return "\n".join(line.decode("utf-8", "replace") for line in lines)
 
 
-def html_to_text(markup: str) -> str:
+def html_to_text(markup: str, *, drop_replies: bool = False) -> str:
     """Render HTML as the plain text a person would read in a mail client.
 
     Tags, comments (including Outlook's ``<!--[if mso]>`` blocks) and the contents of
     script, style, head and title are dropped; entities are decoded, ``&nbsp;`` becomes a
     space; ``<br>`` and block elements end lines; other whitespace collapses as in a browser.
+    With ``drop_replies``, the quoted history clients mark up as such (Gmail's
+    ``gmail_quote``, ``<blockquote type="cite">``, Outlook's ``divRplyFwdMsg``, …) is left
+    out, since the markup says more reliably than the rendered text what was quoted.
     """
-    collector = _HtmlText()
+    collector = _HtmlText(drop_replies=drop_replies)
     try:
         collector.feed(_escape_unterminated_tail(markup))
         collector.close()
@@ -135,7 +164,7 @@ def _escape_unterminated_tail(markup: str) -> str:
 # --- the message ---------------------------------------------------------------------------
 
 
-def _parse(raw: bytes) -> MailContent:
+def _parse(raw: bytes, cleanup: Cleanup) -> MailContent:
     # compat32 is the most lenient structure parser and leaves header values raw; they are
     # decoded below, each step unable to fail.
     message = BytesParser(policy=policy.compat32).parsebytes(raw)
@@ -153,7 +182,7 @@ def _parse(raw: bytes) -> MailContent:
         from_addresses=from_addresses,
         message_id=_message_id(_first(headers, "message-id")),
         date=date,
-        body=_body(message),
+        body=_body(message, cleanup),
         content_type=message.get_content_type(),
         auto_submitted=_keyword(_first(headers, "auto-submitted")),
         received=len(headers.get("received", [])),
@@ -274,7 +303,7 @@ def _unescape_8bit(text: str) -> str:
 # --- the body: decoding ---------------------------------------------------------------------
 
 
-def _body(message: Message) -> str:
+def _body(message: Message, cleanup: Cleanup) -> str:
     """Choose the part to read and turn it into shaped plain text.
 
     The first non-attachment text/plain part with any text wins (that is what a person
@@ -283,11 +312,15 @@ def _body(message: Message) -> str:
     """
     plain_parts, html_parts, too_deep = _text_parts(message)
     for part in plain_parts:
-        text = _shape(_plain_text(part))
+        text = _shape(_plain_text(part), cleanup)
         if text:
             return text
     for part in html_parts:
-        text = _shape(html_to_text(_part_text(part)))
+        markup = _part_text(part)
+        # A mail that is nothing but quoted markup (a bare forward) keeps its text.
+        text = _shape(html_to_text(markup, drop_replies=True), cleanup) or _shape(
+            html_to_text(markup), cleanup
+        )
         if text:
             return text
     if too_deep:
@@ -424,6 +457,10 @@ def _quoted(text: str, depth: int) -> str:
 
 
 # --- the body: shaping ----------------------------------------------------------------------
+#
+# Every step takes and returns the whole text. The removal steps work on lines and never
+# turn a body with text into an empty one (_unless_empty): a mail that is *only* a quote,
+# a footer or a disclaimer-looking sentence is still what its sender wanted sent.
 
 
 def _normalize_newlines(text: str) -> str:
@@ -435,7 +472,13 @@ def _strip_trailing_spaces(text: str) -> str:
 
 
 def _collapse_blank_lines(text: str) -> str:
-    return _BLANK_RUN.sub("\n\n", text)
+    """Drop blank lines: an SMS has no room for them, so a paragraph break is one newline."""
+    return _BLANK_RUN.sub("\n", text)
+
+
+def _collapse_spaces(text: str) -> str:
+    """Turn runs of spaces and tabs inside a line into one space; indentation stays."""
+    return _SPACE_RUN.sub(" ", text)
 
 
 def _strip_blank_edges(text: str) -> str:
@@ -443,24 +486,353 @@ def _strip_blank_edges(text: str) -> str:
     return text.strip("\n")
 
 
-# Applied in order to the decoded body. Quote, signature and disclaimer removal and GSM
-# normalisation are later issues: they slot in between the tidying steps.
+def _unless_empty(original: str, lines: list[str]) -> str:
+    """Return ``lines`` joined, or ``original`` if nothing but blank lines is left."""
+    if any(line.strip() for line in lines):
+        return "\n".join(lines)
+    return original
+
+
+def _apply_cleanup(text: str, cleanup: Cleanup) -> str:
+    """Apply the operator's ``strip_patterns``, then cut at the first ``cut_after`` marker.
+
+    Unlike the built-in heuristics this may leave nothing: the operator asked for it.
+    """
+    for pattern in cleanup.strip_patterns:
+        text = pattern.sub("", text)
+    markers = {marker.strip() for marker in cleanup.cut_after}
+    if not markers:
+        return text
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if line.strip() in markers:
+            return "\n".join(lines[:index])
+    return text
+
+
+# Reply attributions, tried only on lines of at most _ATTRIBUTION_MAX characters so the
+# bounded gaps keep each test constant-time. Gmail and Apple Mail wrap the line, so a line
+# is also tried joined with the next one.
+_ATTRIBUTION_MAX = 400
+_ATTRIBUTION = re.compile(
+    r"\s*(?:"
+    r"On\s.{0,300}\swrote"  # Gmail, Apple Mail, Thunderbird: "On <date>, <name> wrote:"
+    r"|Am\s.{0,300}\sschrieb\b.{0,300}"  # German: "Am <date> schrieb <name>:"
+    r"|Le\s.{0,300}\sa\s[ée]crit"  # French: "Le <date>, <name> a écrit :"
+    r"|El\s.{0,300}\sescribi[óo]"  # Spanish: "El <date>, <name> escribió:"
+    r"|Op\s.{0,300}\sschreef\b.{0,300}"  # Dutch: "Op <date> schreef <name>:"
+    r")\s*:",
+    re.IGNORECASE,
+)
+# The "Original Message" line between dashes: Outlook and Lotus write five dashes each side,
+# Samsung and Android eight; also its German, French, Spanish and Dutch translations.
+_ORIGINAL_MESSAGE = re.compile(
+    r"\s*-{2,}\s*(?:Original Message|Ursprüngliche Nachricht|Message d'origine"
+    r"|Mensaje original|Oorspronkelijk bericht)\s*-{2,}",
+    re.IGNORECASE,
+)
+# Outlook's reply header block: "From: …", then within a few lines "Sent: …" (or "Date:")
+# and "Subject: …"; "*From:*" when a client rendered Outlook's bold labels as text.
+_REPLY_FROM = re.compile(r"\s*\*?(?:From|De|Von|Van|Da)\*?\s?:\s*\S")
+_REPLY_SENT = re.compile(
+    r"\s*\*?(?:Sent|Date|Envoyé|Gesendet|Datum|Enviado|Fecha|Verzonden|Inviato)\*?\s?:"
+)
+_REPLY_SUBJECT = re.compile(r"\s*\*?(?:Subject|Objet|Betreff|Asunto|Onderwerp|Oggetto)\*?\s?:")
+_REPLY_HEADER_SPAN = 6
+# A header block of a *forwarded* message is what the sender wants sent (an alert passed
+# on), not history: its Subject says FW:/Fwd: (or WG:, TR:, RV:), or a line above it says
+# "---------- Forwarded message ---------" / "Begin forwarded message:".
+_FORWARD_SUBJECT = re.compile(r"[^:]*:\s*(?:FWD?|WG|TR|RV)\s*:", re.IGNORECASE)
+_FORWARD_LINE = re.compile(r"[\s-]*(?:Forwarded message|Begin forwarded message)", re.IGNORECASE)
+_FORWARD_LOOKBACK = 3
+# Outlook's separator above the reply header block: a line of underscores.
+_UNDERSCORE_RULE = re.compile(r"\s*_{10,}\s*$")
+
+
+def _cut_reply_history(text: str) -> str:
+    """Drop the quoted thread, from its first marker on: the newest text is on top.
+
+    Markers: an attribution, an Outlook header block, an "Original Message" line, an
+    underscore rule above a header block.
+    """
+    lines = text.split("\n")
+    for index in range(len(lines)):
+        if _starts_reply_history(lines, index):
+            return _unless_empty(text, lines[:index])
+    return text
+
+
+def _starts_reply_history(lines: list[str], index: int) -> bool:
+    line = lines[index]
+    if _ORIGINAL_MESSAGE.match(line) or _starts_reply_header(lines, index):
+        return True
+    if _UNDERSCORE_RULE.match(line):
+        following = _next_nonblank(lines, index + 1)
+        return following is not None and _starts_reply_header(lines, following)
+    if len(line) > _ATTRIBUTION_MAX:
+        return False
+    attribution = _ATTRIBUTION.fullmatch(line) is not None
+    if (
+        not attribution
+        and index + 1 < len(lines)
+        and len(lines[index + 1]) <= _ATTRIBUTION_MAX
+        and not _ATTRIBUTION.fullmatch(lines[index + 1])  # else that line starts it alone
+    ):
+        attribution = _ATTRIBUTION.fullmatch(line + " " + lines[index + 1]) is not None
+        index += attribution
+    if not attribution:
+        return False
+    # Only an attribution that introduces a quote (or ends the text) starts the history:
+    # "On call tonight, Sam wrote: …" in running text stays.
+    following = _next_nonblank(lines, index + 1)
+    return following is None or lines[following].startswith(">")
+
+
+def _starts_reply_header(lines: list[str], index: int) -> bool:
+    if not _REPLY_FROM.match(lines[index]):
+        return False
+    window = lines[index + 1 : index + 1 + _REPLY_HEADER_SPAN]
+    subject = next((line for line in window if _REPLY_SUBJECT.match(line)), None)
+    if subject is None or not any(_REPLY_SENT.match(line) for line in window):
+        return False
+    above = lines[max(0, index - _FORWARD_LOOKBACK) : index]
+    return not _FORWARD_SUBJECT.match(subject) and not any(
+        _FORWARD_LINE.match(line) for line in above
+    )
+
+
+def _next_nonblank(lines: list[str], start: int) -> int | None:
+    for index in range(start, len(lines)):
+        if lines[index].strip():
+            return index
+    return None
+
+
+def _drop_trailing_quote(text: str) -> str:
+    """Drop ``>`` quoted lines at the end (iPhone quotes its own attribution line too).
+
+    Quotes inside the text (inline replies) are context the writer chose and stay.
+    """
+    lines = text.split("\n")
+    end = len(lines)
+    while end and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(">")):
+        end -= 1
+    return _unless_empty(text, lines[:end])
+
+
+# The RFC 3676 signature delimiter "-- " (its trailing space is stripped by now; some
+# clients never write it).
+_SIGNATURE_DELIMITER = frozenset({"--", "-- "})
+
+
+def _cut_signature(text: str) -> str:
+    """Drop the signature: the first ``-- `` line and everything after it."""
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if line in _SIGNATURE_DELIMITER:
+            return _unless_empty(text, lines[:index])
+    return text
+
+
+# Banners mail systems put at the TOP of a message (anchored, one line each; a banner that
+# was wrapped continues until a line ends a sentence, see _strip_top_banners).
+_BANNERS = (
+    # Exchange/M365 transport rule: "CAUTION: This email originated from outside of the
+    # organization. Do not click links …"; also WARNING/ATTENTION/[EXTERNAL] variants.
+    re.compile(
+        r"\s*\[?(?:CAUTION|WARNING|ATTENTION|NOTICE|EXTERNAL(?: E-?MAIL| SENDER| MESSAGE)?)\]?"
+        r"\s*[:!-][^\n]*\b(?:outside|external|originated)",
+        re.IGNORECASE,
+    ),
+    # "This email originated from outside your organisation" / "…is from an external sender".
+    re.compile(
+        r"\s*(?:This|The) (?:e-?mail|message) (?:originated|came|is|was sent) from"
+        r" (?:outside|an external)",
+        re.IGNORECASE,
+    ),
+)
+# M365 first-contact safety tip: "You don't often get email from x@y. Learn why this is
+# important", also the group variant "Some people who received this message don't …". Always
+# one line, without a full stop, so it never continues onto the next line like _BANNERS.
+_FIRST_CONTACT_TIP = re.compile(
+    r"\s*(?:You|Some people who received this message) don['\u2019]t often get e-?mail from",
+    re.IGNORECASE,
+)
+# "[EXTERNAL]" (and similar) tags that gateways prefix to the first line, like the subject.
+_EXTERNAL_TAG = re.compile(
+    r"\s*\[(?:EXTERNAL|EXT|EXTERNAL SENDER|EXTERNAL E-?MAIL)\]\s*[:-]?\s*", re.IGNORECASE
+)
+_SENTENCE_END = (".", "!", "?", ")", ">")
+_BANNER_MAX_LINES = 4
+_BANNER_MAX_COUNT = 5
+
+
+def _strip_top_banners(text: str) -> str:
+    """Drop external-sender banners and ``[EXTERNAL]`` tags from the top of the text."""
+    lines = text.split("\n")
+    start = 0
+    for _ in range(_BANNER_MAX_COUNT):
+        first = _next_nonblank(lines, start)
+        if first is None:
+            break
+        tag = _EXTERNAL_TAG.match(lines[first])
+        if tag:
+            lines[first] = lines[first][tag.end() :]
+            if not lines[first].strip():
+                start = first + 1
+                continue
+        if _FIRST_CONTACT_TIP.match(lines[first]):
+            start = first + 1
+            continue
+        if not any(banner.match(lines[first]) for banner in _BANNERS):
+            break
+        # A wrapped banner continues while its lines do not end a sentence.
+        end = first + 1
+        while (
+            end < len(lines)
+            and end - first < _BANNER_MAX_LINES
+            and lines[end].strip()
+            and not lines[end - 1].rstrip().endswith(_SENTENCE_END)
+        ):
+            end += 1
+        start = end
+    return _unless_empty(text, lines[start:])
+
+
+# Footers clients add as the last line(s) of what the person typed.
+_FOOTERS = (
+    # "Sent from my iPhone", "Sent from my Samsung Galaxy smartphone.", "Sent from my Android"
+    re.compile(
+        r"\s*Sent from my (?:iPhone|iPad|iPod|Apple Watch|Android|Samsung|Galaxy|Huawei|Honor"
+        r"|Xiaomi|Redmi|Pixel|OnePlus|Oppo|Motorola|moto|Nokia|Sony|LG|HTC|BlackBerry|mobile"
+        r"|smartphone|phone|tablet)\b[^\n]{0,80}",
+        re.IGNORECASE,
+    ),
+    # "Sent from Mail for Windows", "Sent from Yahoo Mail for iPhone", "Sent from Outlook",
+    # "Sent with Proton Mail secure email.", "Sent via the Samsung Galaxy …"
+    re.compile(
+        r"\s*Sent (?:from|with|via|using) (?:Mail for Windows|Yahoo Mail|Outlook|AOL|Proton ?Mail"
+        r"|BlueMail|Spark|the Samsung|Samsung|Gmail|the Gmail app)\b[^\n]{0,80}",
+        re.IGNORECASE,
+    ),
+    # Outlook mobile: Get Outlook for iOS (or Android, Mac), often with its link after it.
+    re.compile(r"\s*Get Outlook for (?:iOS|Android|Mac|Windows)\b[^\n]{0,80}", re.IGNORECASE),
+    # German, French and Spanish phone footers.
+    re.compile(r"\s*Von meinem [^\n]{1,60} gesendet\.?", re.IGNORECASE),
+    re.compile(r"\s*Envoy[ée] de mon [^\n]{1,60}", re.IGNORECASE),
+    re.compile(r"\s*Enviado desde mi [^\n]{1,60}", re.IGNORECASE),
+    # "Please consider the environment before printing this email."
+    re.compile(
+        r"\s*(?:Please )?(?:consider|think of) the environment before printing[^\n]*",
+        re.IGNORECASE,
+    ),
+    # Gateway scanner stamps: "This email has been scanned for viruses by …"
+    re.compile(r"\s*This (?:e-?mail|message) has been (?:scanned|checked)\b[^\n]*", re.IGNORECASE),
+)
+# The first line of a confidentiality disclaimer.
+_DISCLAIMER_START = re.compile(
+    r"\s*\**(?:"
+    r"(?:CONFIDENTIALITY|PRIVACY|LEGAL|IMPORTANT)(?: NOTICE| NOTE| STATEMENT| DISCLAIMER)?\s*[:-]"
+    r"|(?:E-?MAIL )?DISCLAIMER\s*[:-]"  # "Disclaimer: …"
+    r"|(?:PRIVILEGED|PRIVATE) (?:AND|&) CONFIDENTIAL"
+    r"|This (?:e-?mail|message|communication|transmission)\b"  # "This email and any …"
+    r"|The (?:information|content)s? (?:contained )?in (?:this|the) (?:e-?mail|message"
+    r"|communication|transmission)"  # "The information contained in this e-mail …"
+    r"|If you (?:have )?received this (?:e-?mail|message|communication|transmission)"
+    r"|If you are not the (?:intended|named) (?:recipient|addressee)"
+    r")",
+    re.IGNORECASE,
+)
+# A block only counts as a disclaimer if it talks like one.
+_DISCLAIMER_WORDS = (
+    "confidential",
+    "privileged",
+    "intended recipient",
+    "intended solely",
+    "intended only",
+    "in error",
+    "unauthorised",
+    "unauthorized",
+    "prohibited",
+    "addressee",
+)
+# A heading left on its own once its text is gone: "CONFIDENTIALITY NOTICE:", "Disclaimer".
+_DISCLAIMER_HEADING = re.compile(
+    r"\s*\**(?:(?:CONFIDENTIALITY|LEGAL|IMPORTANT)(?: NOTICE| NOTE| STATEMENT)?|(?:E-?MAIL )?"
+    r"DISCLAIMER)\**\s*:?\s*",
+    re.IGNORECASE,
+)
+
+
+def _strip_bottom_boilerplate(text: str) -> str:
+    """Drop footers and confidentiality disclaimers from the end, repeatedly.
+
+    A disclaimer block starts at a line matching ``_DISCLAIMER_START`` and runs to the end
+    (HTML mail often has no blank line before it); it is removed only when it mentions
+    what disclaimers mention and text remains above it. Each round removes lines, so the
+    whole scan is linear.
+    """
+    lines = text.split("\n")
+    end = len(lines)
+    while True:
+        while end and not lines[end - 1].strip():
+            end -= 1
+        if not end:
+            break
+        if any(footer.fullmatch(lines[end - 1]) for footer in _FOOTERS):
+            end -= 1
+            continue
+        start = _disclaimer_start(lines, end)
+        if start is None or not any(line.strip() for line in lines[:start]):
+            break
+        end = start
+    return _unless_empty(text, lines[:end])
+
+
+def _disclaimer_start(lines: list[str], end: int) -> int | None:
+    """Return where the disclaimer block ending at ``end`` starts, if the last one is one."""
+    start = end - 1
+    # Walk up the last paragraph to its nearest line that can start a disclaimer.
+    while start > 0 and lines[start - 1].strip() and not _DISCLAIMER_START.match(lines[start]):
+        start -= 1
+    if not _DISCLAIMER_START.match(lines[start]):
+        return None
+    block = " ".join(lines[start:end])
+    if end - start == 1 and _DISCLAIMER_HEADING.fullmatch(block):
+        return start
+    lowered = block.lower()
+    return start if any(word in lowered for word in _DISCLAIMER_WORDS) else None
+
+
+# Applied in order to the decoded body, after the operator's Cleanup (see _shape). The
+# removals run on right-stripped lines and before the collapsing, so blank lines still
+# separate paragraphs while they look for blocks. GSM normalisation belongs to sms_text.
 _SHAPING_STEPS: tuple[Callable[[str], str], ...] = (
     _normalize_newlines,
     _strip_trailing_spaces,
+    _cut_reply_history,
+    _drop_trailing_quote,
+    _cut_signature,
+    _strip_top_banners,
+    _strip_bottom_boilerplate,
+    _collapse_spaces,
     _collapse_blank_lines,
     _strip_blank_edges,
 )
 
 
-def _shape(text: str) -> str:
+def _shape(text: str, cleanup: Cleanup = _NO_CLEANUP) -> str:
+    """Run the operator's Cleanup first (their markers beat the heuristics), then the steps."""
+    if cleanup != _NO_CLEANUP:
+        text = _apply_cleanup(_normalize_newlines(text), cleanup)
     for step in _SHAPING_STEPS:
         text = step(text)
     return text
 
 
 def _tidy(text: str) -> str:
-    return _strip_blank_edges(_collapse_blank_lines(_strip_trailing_spaces(text)))
+    """html_to_text's own tidying: blank lines stay (at most one), as a mail client shows."""
+    return _strip_blank_edges(_BLANK_RUNS.sub("\n\n", _strip_trailing_spaces(text)))
 
 
 # --- HTML -----------------------------------------------------------------------------------
@@ -477,13 +849,38 @@ _BLOCKS = frozenset(
     }
 )  # fmt: skip
 _CELLS = frozenset({"td", "th"})
+# Elements that hold quoted history, skipped with everything inside them.
+_REPLY_CLASSES = frozenset(
+    {
+        "gmail_quote",  # Gmail: attribution plus the quoted message
+        "gmail_quote_container",  # Gmail's newer wrapper of the same
+        "gmail_attr",  # Gmail: "On <date>, <name> wrote:"
+        "gmail_signature",  # Gmail: the signature below "-- "
+        "moz-cite-prefix",  # Thunderbird: the attribution line
+        "yahoo_quoted",  # Yahoo Mail: the quoted message
+    }
+)
+# Elements after which everything is quoted history (Outlook puts the reply header block
+# and the old message after these, not inside them).
+_REPLY_IDS = frozenset(
+    {
+        "appendonsend",  # Outlook: empty marker right above the reply header block
+        "divRplyFwdMsg",  # Outlook on the web / mobile: the reply header block
+        "mail-editor-reference-message-container",  # new Outlook: the referenced message
+    }
+)
 
 
 class _HtmlText(HTMLParser):
     """Collect the visible text of an HTML document line by line."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, drop_replies: bool = False) -> None:
         super().__init__(convert_charrefs=True)
+        self._drop_replies = drop_replies
+        # The quoted element being skipped and how deeply its tag is nested in itself.
+        self._reply_tag = ""
+        self._reply_depth = 0
+        self._done = False  # everything after an Outlook reply marker is history
         self._lines: list[str] = []
         self._line: list[str] = []
         # The line holds something visible, even if only a no-break space: Outlook writes
@@ -498,7 +895,9 @@ class _HtmlText(HTMLParser):
         self._end_line()
         return "\n".join(self._lines)
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:  # noqa: ARG002 - attributes do not change the text
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._skips_reply_start(tag, attrs):
+            return
         if tag in _SKIPPED:
             self._skipping.append(tag)
             return
@@ -521,6 +920,8 @@ class _HtmlText(HTMLParser):
             self.handle_starttag(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:
+        if self._skips_reply_end(tag):
+            return
         if tag in _SKIPPED:
             if tag in self._skipping:
                 del self._skipping[len(self._skipping) - 1 - self._skipping[::-1].index(tag) :]
@@ -536,7 +937,7 @@ class _HtmlText(HTMLParser):
             self._pending_space = True
 
     def handle_data(self, data: str) -> None:
-        if self._skipping:
+        if self._skipping or self._reply_tag or self._done:
             return
         if self._pre:
             for index, piece in enumerate(_normalize_newlines(data).split("\n")):
@@ -568,6 +969,35 @@ class _HtmlText(HTMLParser):
             self.unknown_decl(self.rawdata[i + 3 : end].removesuffix("]"))
         return end + 1
 
+    def _skips_reply_start(self, tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+        """Track quoted-history elements; true if this start tag is part of one."""
+        if self._done:
+            return True
+        if self._reply_tag:
+            self._reply_depth += tag == self._reply_tag
+            return True
+        if not self._drop_replies or self._skipping:
+            return False
+        reply = _reply_marker(tag, attrs)
+        if reply:
+            self._end_line()
+            self._done = reply == "rest"
+            if reply == "element":
+                self._reply_tag, self._reply_depth = tag, 1
+        return bool(reply)
+
+    def _skips_reply_end(self, tag: str) -> bool:
+        """Track quoted-history elements; true if this end tag is part of one."""
+        if self._done:
+            return True
+        if not self._reply_tag:
+            return False
+        if tag == self._reply_tag:
+            self._reply_depth -= 1
+            if not self._reply_depth:
+                self._reply_tag = ""
+        return True
+
     def _append(self, text: str) -> None:
         if text:
             self._line.append(text)
@@ -584,3 +1014,21 @@ class _HtmlText(HTMLParser):
     def _leave_unclosed_head(self) -> None:
         if self._skipping and all(tag in {"head", "title"} for tag in self._skipping):
             self._skipping.clear()
+
+
+def _reply_marker(tag: str, attrs: list[tuple[str, str | None]]) -> str:
+    """Say whether an element is quoted history.
+
+    ``element`` skips the element, ``rest`` it and all after it, ``""`` neither.
+    """
+    classes: set[str] = set()
+    for name, value in attrs:
+        if not value:
+            continue
+        if name == "id" and value in _REPLY_IDS:
+            return "rest"
+        if name == "class":
+            classes.update(value.split())
+        elif name == "type" and tag == "blockquote" and value.lower() == "cite":
+            return "element"  # Apple Mail and Thunderbird quote with <blockquote type=cite>
+    return "element" if classes & _REPLY_CLASSES else ""

@@ -65,7 +65,7 @@ __all__ = [
     "new_queue_id",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a writer waits for another connection's lock
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
@@ -109,8 +109,6 @@ CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt_at)
 _SCHEMA_V2 = """
 ALTER TABLE recipients ADD COLUMN dsn_status TEXT;
 ALTER TABLE messages ADD COLUMN finished_at REAL;
-ALTER TABLE messages ADD COLUMN cancelled TEXT;
-ALTER TABLE messages ADD COLUMN sms_type TEXT NOT NULL DEFAULT 'plain';
 CREATE TABLE IF NOT EXISTS bounces (
     queue_id        TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
     state           TEXT NOT NULL CHECK (state IN ('pending', 'inflight', 'sent', 'dropped')),
@@ -124,7 +122,13 @@ CREATE TABLE IF NOT EXISTS bounces (
 CREATE INDEX IF NOT EXISTS bounces_due ON bounces (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS messages_finished ON messages (finished_at);
 """
-_MIGRATIONS = {1: _SCHEMA, 2: _SCHEMA_V2}
+# Version 3: administrator cancellation, the OTP route, duplicate lookup. Its columns were
+# briefly part of version 2 during development, so they are added only where missing.
+_V3_COLUMNS = {"cancelled": "TEXT", "sms_type": "TEXT NOT NULL DEFAULT 'plain'"}
+_SCHEMA_V3 = """
+CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id, envelope_from);
+"""
+_MIGRATIONS = {1: _SCHEMA, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 # Run after every change of recipient state: if nothing of the message is left to send,
 # stamp it finished and owe its sender one bounce when a recipient failed. Idempotent.
@@ -419,6 +423,11 @@ class Queue:
         with self._transaction():
             # another process may have migrated meanwhile: read the version again
             for version in range(self._schema_version() + 1, SCHEMA_VERSION + 1):
+                if version == 3:  # noqa: PLR2004  the version that adds columns if missing
+                    have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+                    for column, kind in _V3_COLUMNS.items():
+                        if column not in have:
+                            conn.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
                 for statement in _MIGRATIONS[version].split(";"):
                     if statement.strip():
                         conn.execute(statement)
@@ -495,11 +504,30 @@ class Queue:
 
     def enqueue(self, message: NewMessage) -> str:
         """Store a message and one pending recipient per number; durable once it returns."""
+        return self.enqueue_unless_duplicate(message, since=None)[0]
+
+    def enqueue_unless_duplicate(
+        self, message: NewMessage, *, since: float | None
+    ) -> tuple[str, bool]:
+        """Like ``enqueue``, unless the same sender's same Message-ID came after ``since``.
+
+        Mail servers send a message again when our 250 was lost; the second copy must not
+        become a second SMS. Returns the queue id (the earlier one for a duplicate) and
+        whether it was a duplicate. Checked and stored in one transaction.
+        """
         numbers = list(dict.fromkeys(message.recipients))
         if not numbers:
             raise ValueError("a queued message needs at least one recipient")
         now = message.received_at
         with self._write() as conn:
+            if since is not None and message.message_id:
+                row = conn.execute(
+                    "SELECT id FROM messages WHERE message_id = ? AND envelope_from = ?"
+                    " AND received_at >= ? ORDER BY received_at DESC LIMIT 1",
+                    (message.message_id, message.envelope_from, since),
+                ).fetchone()
+                if row is not None:
+                    return str(row["id"]), True
             for _ in range(5):
                 queue_id = new_queue_id(now)
                 try:
@@ -531,7 +559,7 @@ class Queue:
                 " updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
                 [(queue_id, number, i, now, now) for i, number in enumerate(numbers)],
             )
-        return queue_id
+        return queue_id, False
 
     def recover(self, now: float) -> int:
         """At start-up, release every lease the last run left behind (bounces too).
@@ -613,6 +641,15 @@ class Queue:
                 [(refs.get(number), now, queue_id, number) for number in recipients],
             )
             _finish(conn, queue_id, now)
+
+    def renew_lease(self, queue_id: str, recipients: Sequence[str], *, until: float) -> None:
+        """Keep in-flight recipients leased while a long message is still being worked on."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE recipients SET lease_until = MAX(lease_until, ?)"
+                " WHERE queue_id = ? AND number = ? AND state = 'inflight'",
+                [(until, queue_id, number) for number in recipients],
+            )
 
     def mark_retry(
         self, queue_id: str, recipients: Sequence[str], *, now: float, at: float, error: str
@@ -862,6 +899,12 @@ class AsyncQueue:
         """See ``Queue.enqueue``."""
         return await self._run(self._queue.enqueue, message)
 
+    async def enqueue_unless_duplicate(
+        self, message: NewMessage, *, since: float | None
+    ) -> tuple[str, bool]:
+        """See ``Queue.enqueue_unless_duplicate``."""
+        return await self._run(self._queue.enqueue_unless_duplicate, message, since=since)
+
     async def recover(self, now: float) -> int:
         """See ``Queue.recover``."""
         return await self._run(self._queue.recover, now)
@@ -886,6 +929,10 @@ class AsyncQueue:
         await self._run(
             self._queue.mark_sent, queue_id, recipients, now=now, provider_refs=provider_refs
         )
+
+    async def renew_lease(self, queue_id: str, recipients: Sequence[str], *, until: float) -> None:
+        """See ``Queue.renew_lease``."""
+        await self._run(self._queue.renew_lease, queue_id, recipients, until=until)
 
     async def mark_retry(
         self, queue_id: str, recipients: Sequence[str], *, now: float, at: float, error: str

@@ -8,6 +8,7 @@ message is committed to the queue. Nothing slow happens here: delivery is the wo
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mail2sms import __version__
 from mail2sms.addressing import parse_numbers, parse_rcpt
-from mail2sms.config import AddressOptions, Settings
+from mail2sms.config import AddressOptions, Settings, TextSource
 from mail2sms.errors import (
     AutoReplyRefusedError,
     BadSenderAddressError,
@@ -29,10 +30,10 @@ from mail2sms.errors import (
 )
 from mail2sms.log import get_logger
 from mail2sms.mail_address import ascii_domain, plain_address
-from mail2sms.mail_parse import header_block, parse_mail
+from mail2sms.mail_parse import Cleanup, header_block, parse_mail
 from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget
 from mail2sms.queue import AsyncQueue
-from mail2sms.sms_text import check_length
+from mail2sms.sms_text import check_length, measure, normalize, truncate
 
 log = get_logger(__name__)
 
@@ -40,6 +41,7 @@ log = get_logger(__name__)
 OK_SENDER = "250 2.1.0 Sender OK"
 OK_RECIPIENT = "250 2.1.5 Recipient OK"
 QUEUED = "250 2.0.0 queued as {queue_id}"
+OTHER_OPTIONS = "452 4.5.3 Send to {address} in a separate message: it is sent with other options"
 TEMPORARY_ERROR = "451 4.3.0 Temporary local problem, please try again later"
 QUEUE_UNAVAILABLE = "451 4.3.0 The message could not be stored, please try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
@@ -99,6 +101,10 @@ class Policy:
     accept_auto_generated: bool = True
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     options: Mapping[str, AddressOptions] = field(default_factory=dict)
+    normalize: bool = True
+    on_too_long: str = "reject"
+    cleanup: Cleanup | None = None
+    duplicate_window: float = 600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -119,6 +125,13 @@ class Policy:
                 for name, uid in settings.gateway.contact_lists.items()
             },
             options=dict(settings.gateway.options),
+            normalize=settings.content.normalize,
+            on_too_long=settings.content.on_too_long,
+            cleanup=Cleanup(
+                strip_patterns=tuple(re.compile(p) for p in settings.content.strip_patterns),
+                cut_after=tuple(settings.content.cut_after),
+            ),
+            duplicate_window=settings.smtp.duplicate_window,
         )
 
     def rcpt(self, address: str) -> RcptTarget:
@@ -208,12 +221,25 @@ def resolve_recipients(
         elif target.numbers:
             numbers.update(dict.fromkeys(target.numbers))
         else:
-            numbers.update(dict.fromkeys(parse_numbers(content.subject, policy.default_region)))
+            subject_numbers = parse_numbers(content.subject, policy.default_region, policy.aliases)
+            numbers.update(dict.fromkeys(subject_numbers))
     return tuple(numbers)
 
 
-def choose_text(targets: Sequence[RcptTarget], content: MailContent) -> str:
-    """The body is the text; a ``<number>@domain`` mail with an empty body sends its subject."""
+def choose_text(
+    targets: Sequence[RcptTarget], content: MailContent, source: TextSource = "body"
+) -> str:
+    """The body is the text; a ``<number>@domain`` mail with an empty body sends its subject.
+
+    A gateway or alias address may take its text from the subject, or subject and body.
+    """
+    subject, body = content.subject.strip(), content.body.strip()
+    if source == "subject" and subject:
+        return subject
+    if source == "subject+body" and (subject or body):
+        return "\n".join(part for part in (subject, body) if part)
+    if source != "body":
+        raise EmptyTextError(f"The message has no text to send: write the SMS in the {source}")
     if content.body.strip():
         return content.body
     if all(t.direct for t in targets) and content.subject.strip():
@@ -230,18 +256,23 @@ def build_message(
     received_at: float,
 ) -> NewMessage:
     """Everything DATA decides, as one pure step (run off the event loop)."""
-    content = parse_mail(raw)
+    content = parse_mail(raw, policy.cleanup)
     check_not_automatic(content, policy)
     if not content.from_addresses:
         raise SenderRefusedError("The message has no From address; add a From header")
     for address in content.from_addresses:
         check_sender(policy, address, where="From address")
     recipients = resolve_recipients(targets, content, policy)
-    text = choose_text(targets, content)
-    check_length(text, policy.max_parts)
     options = next(
         (policy.options[t.address] for t in targets if t.address in policy.options), None
     )
+    text = choose_text(targets, content, options.text if options else "body")
+    if policy.normalize:
+        text = normalize(text)
+    max_parts = (options.max_parts if options else None) or policy.max_parts
+    if policy.on_too_long == "truncate":
+        text = truncate(text, max_parts)
+    check_length(text, max_parts)
     return NewMessage(
         envelope_from=envelope_from,
         from_header=", ".join(content.from_addresses),
@@ -304,12 +335,23 @@ class GatewayHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        """Accept only gateway addresses and numbers at gateway domains (never a relay)."""
+        """Accept only gateway addresses and numbers at gateway domains (never a relay).
+
+        One message is sent one way: a recipient whose address options (route, sender ID,
+        text source, length) differ from those already accepted gets 452, which makes the
+        client send it again in a transaction of its own.
+        """
         try:
-            self.policy.rcpt(address)
+            target = self.policy.rcpt(address)
         except MailRefusedError as refused:
             log.info("smtp_refused", stage="RCPT", reply=refused.reply, peer=_peer(session))
             return refused.reply
+        if envelope.rcpt_tos:
+            first = self.policy.rcpt(envelope.rcpt_tos[0])
+            options = self.policy.options
+            if options.get(target.address) != options.get(first.address):
+                log.info("smtp_deferred_recipient", address=address, peer=_peer(session))
+                return OTHER_OPTIONS.format(address=f"<{address}>")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return OK_RECIPIENT
@@ -343,12 +385,23 @@ class GatewayHandler:
         except MailRefusedError as refused:
             log.info("smtp_refused", stage="DATA", reply=refused.reply, peer=_peer(session))
             return refused.reply
+        window = policy.duplicate_window
+        since = message.received_at - window if window > 0 else None
         try:
-            queue_id = await self.queue.enqueue(message)
+            queue_id, duplicate = await self.queue.enqueue_unless_duplicate(message, since=since)
         except QueueError:
             log.exception("queue_unavailable", peer=_peer(session))
             return QUEUE_UNAVAILABLE
-        length = check_length(message.text, policy.max_parts)
+        if duplicate:  # a resend after a lost 250: acknowledge it, send nothing again
+            log.info(
+                "duplicate_suppressed",
+                queue_id=queue_id,
+                message_id=message.message_id,
+                sender=message.envelope_from,
+                peer=_peer(session),
+            )
+            return QUEUED.format(queue_id=queue_id)
+        length = measure(message.text)
         log.info(
             "message_accepted",
             queue_id=queue_id,

@@ -153,3 +153,24 @@ def test_contact_lists_need_the_dataflows_provider(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert any("provider.kind = 'dataflows'" in p for p in caught.value.problems)
+
+
+async def test_recipients_with_other_options_are_deferred_to_their_own_message(
+    make_settings, start_app, fake_dataflows
+):
+    options = {f"oncall@{DOMAIN}": {"otp": True, "sender_id": "Bank"}}
+    app = await start_app(settings_for(make_settings, fake_dataflows, options=options))
+    replies = await transaction(
+        app.smtp_port,
+        ALLOWED,
+        [GATEWAY, f"oncall@{DOMAIN}", f"night-shift@{DOMAIN}"],
+        make_mail(subject="+61400000001", body="Vault opened"),
+    )
+    assert replies[2][0] == 452
+    assert replies[2][1].startswith(f"4.5.3 Send to <oncall@{DOMAIN}> in a separate message")
+    assert replies[3][0] == 250  # same (default) options as the first
+    assert replies[-1][0] == 250
+    await fake_dataflows.until_sent(2)
+    (post,) = [r for r in fake_dataflows.requests if r.method == "POST"]
+    assert post.body["sender_id"] == "TestBrand"
+    assert post.body["type"] == "plain"

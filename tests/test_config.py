@@ -278,3 +278,24 @@ def test_names_a_bounce_could_not_carry_are_config_errors(tmp_path, text, key):
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, MINIMAL + text))
     assert any(p.startswith(key) for p in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize("token", ["22|abc\nsecondline", "22|tökén", "22|a b"])
+def test_a_credential_that_cannot_be_an_http_header_is_refused_unseen(tmp_path, token):
+    text = MINIMAL + f'[provider]\nkind = "dataflows"\ntoken = """{token}"""\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    (problem,) = caught.value.problems
+    assert problem.startswith("provider.token: ")
+    assert "printable ASCII" in problem
+    assert token not in problem
+    assert "secondline" not in problem
+
+
+@pytest.mark.parametrize("name", ["0412-345-678", "+61412345678", "a..b", "oncall."])
+def test_alias_names_that_are_numbers_or_malformed_are_refused(tmp_path, name):
+    text = (
+        MINIMAL + f'domains = ["sms.example.com"]\n[gateway.aliases]\n"{name}" = ["+61412345678"]\n'
+    )
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, text))

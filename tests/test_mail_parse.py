@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from mail2sms import mail_parse
 from mail2sms.errors import UnparseableMailError
-from mail2sms.mail_parse import header_block, html_to_text, parse_mail
+from mail2sms.mail_parse import Cleanup, header_block, html_to_text, parse_mail
 from mail2sms.models import MailContent
 
 MAIL_DIR = Path(__file__).parent / "data" / "mail"
@@ -234,7 +235,8 @@ def test_body_decoding(raw: bytes, body: str) -> None:
         ),
         pytest.param(
             mime(b"text/html; charset=windows-1252", OUTLOOK_HTML, cte=b"8bit"),
-            "Generator 2 is offline.\n\n1. Start the backup\nFuel & oil: 40% <low>",
+            # The <p>&nbsp;</p> blank line goes: an SMS has no room for blank lines.
+            "Generator 2 is offline.\n1. Start the backup\nFuel & oil: 40% <low>",
             id="outlook-html-only",
         ),
     ],
@@ -248,8 +250,10 @@ def test_part_choice(raw: bytes, body: str) -> None:
     [
         (b"line one   \r\nline two\t\r\n", "line one\nline two"),
         (b"\r\n\r\n\r\ntext\r\n\r\n\r\n", "text"),
-        (b"a\r\n\r\n\r\n\r\n\r\nb", "a\n\nb"),
-        (b"a\r\n\r\nb", "a\n\nb"),
+        (b"a\r\n\r\n\r\n\r\n\r\nb", "a\nb"),
+        (b"a\r\n\r\nb", "a\nb"),
+        (b"a   b\t\tc\td", "a b c d"),
+        (b"  \tindented  text", "  \tindented text"),
         (b"a\rb\nc\r\nd", "a\nb\nc\nd"),
         (b"   indented first line\r\n", "   indented first line"),
     ],
@@ -265,13 +269,301 @@ def test_text_shaping(text: bytes, body: str) -> None:
         (b"format=flowed; delsp=yes", b"long-wor \r\nd end", "long-word end"),
         (b"format=flowed", b" >not a quote\r\n", ">not a quote"),
         (b"format=flowed", b"> quoted \r\n> more\r\nreply", "> quoted more\nreply"),
-        (b"format=flowed", b"text\r\n-- \r\nSig", "text\n--\nSig"),
+        (b"format=flowed", b"text\r\n-- \r\nSig", "text"),  # the signature goes
         (b"", b"fixed \r\nlines", "fixed\nlines"),
     ],
 )
 def test_format_flowed(params: bytes, text: bytes, body: str) -> None:
     raw = mime(b"text/plain; charset=utf-8; " + params, text)
     assert parse_mail(raw).body == body
+
+
+# --- removal: quotes, signatures, footers, banners, disclaimers ---------------------------
+
+
+def body_of(text: str) -> str:
+    return parse_mail(mime(b"text/plain; charset=utf-8", text.encode())).body
+
+
+@pytest.mark.parametrize(
+    ("text", "body"),
+    [
+        pytest.param(
+            "Yes.\n\nOn Mon, 20 May 2024 at 10:00, Ann <ann@example.com> wrote:\n\n"
+            "> Can you?\n> ok",
+            "Yes.",
+            id="gmail-attribution",
+        ),
+        pytest.param(
+            "Yes.\n\nOn Mon, 20 May 2024 at 10:00, Ann Example <\nann@example.com> wrote:\n"
+            "> Can you?",
+            "Yes.",
+            id="gmail-attribution-wrapped",
+        ),
+        pytest.param(
+            "Ja.\n\nAm Mo., 20. Mai 2024 um 10:00 Uhr schrieb Ann <ann@example.de>:\n> Kannst du?",
+            "Ja.",
+            id="german-attribution",
+        ),
+        pytest.param(
+            "Oui.\n\nLe lun. 20 mai 2024 à 10:00, Ann <ann@example.fr> a écrit :\n> Tu peux ?",
+            "Oui.",
+            id="french-attribution",
+        ),
+        pytest.param(
+            "On my way\nOn Mon, Ann <a@b> wrote:\n> where are you",
+            "On my way",
+            id="reply-line-starting-with-on-is-kept",
+        ),
+        pytest.param(
+            "On call tonight, Sam wrote:\nthe pump is fine",
+            "On call tonight, Sam wrote:\nthe pump is fine",
+            id="attribution-without-quote-is-text",
+        ),
+        pytest.param(
+            "Done.\n\nFrom: Ann <ann@example.com>\nSent: Monday, 20 May 2024 10:00\n"
+            "To: Bob\nSubject: RE: job\n\nOld text",
+            "Done.",
+            id="outlook-header-block",
+        ),
+        pytest.param(
+            "Fait.\n\nDe : Ann <ann@example.fr>\nEnvoyé : lundi 20 mai 2024 10:00\n"
+            "À : Bob\nObjet : job\n\nAncien",
+            "Fait.",
+            id="outlook-header-block-french",
+        ),
+        pytest.param(
+            "Done.\n\n*From:* Ann\n*Sent:* Monday\n*To:* Bob\n*Subject:* job\nOld",
+            "Done.",
+            id="outlook-header-block-bold-labels",
+        ),
+        pytest.param(
+            "Done.\n________________________________\nFrom: Ann\nSent: Mon\nTo: Bob\n"
+            "Subject: job\nOld",
+            "Done.",
+            id="underscore-rule",
+        ),
+        pytest.param(
+            "Done.\n\n-----Original Message-----\nFrom: Ann\nOld text",
+            "Done.",
+            id="original-message",
+        ),
+        pytest.param(
+            "Fyi\n\nFrom: Monitor <m@example.com>\nSent: Monday\nTo: Bob\nSubject: FW: DISK FULL\n"
+            "DISK FULL",
+            "Fyi\nFrom: Monitor <m@example.com>\nSent: Monday\nTo: Bob\nSubject: FW: DISK FULL\n"
+            "DISK FULL",
+            id="forwarded-header-block-is-kept",
+        ),
+        pytest.param(
+            "From: server1\nTo: ops\nLoad is high",
+            "From: server1\nTo: ops\nLoad is high",
+            id="header-like-text-without-subject-is-kept",
+        ),
+        pytest.param(
+            "> earlier point\nmy answer\n> later point\nsecond answer",
+            "> earlier point\nmy answer\n> later point\nsecond answer",
+            id="inline-quotes-are-kept",
+        ),
+        pytest.param("Sure\n\n> old\n> older", "Sure", id="trailing-quote"),
+        pytest.param("> only a quote\n> still", "> only a quote\n> still", id="only-a-quote"),
+        pytest.param("Call me\n-- \nAnn Example\nOps", "Call me", id="signature"),
+        pytest.param("Call me\n--\nAnn", "Call me", id="signature-without-space"),
+        pytest.param("-- \nonly a signature", "--\nonly a signature", id="only-a-signature"),
+        pytest.param("Call me\n---\nAnn", "Call me\n---\nAnn", id="three-dashes-are-text"),
+        pytest.param("Late\n\nSent from my iPhone", "Late", id="iphone"),
+        pytest.param("Late\nSent from my iPad", "Late", id="ipad"),
+        pytest.param(
+            "Late\n\nSent from my Samsung Galaxy smartphone.", "Late", id="samsung-galaxy"
+        ),
+        pytest.param("Late\n\nSent from my Android device", "Late", id="android"),
+        pytest.param(
+            "Late\n\nGet Outlook for Android<https://aka.ms/ghei36>", "Late", id="outlook-android"
+        ),
+        pytest.param("Late\n\nSent from Mail for Windows", "Late", id="mail-for-windows"),
+        pytest.param(
+            "Late\n\nSent from Yahoo Mail for iPhone<https://overview.mail.yahoo.com>",
+            "Late",
+            id="yahoo",
+        ),
+        pytest.param("Late\n\nVon meinem iPhone gesendet", "Late", id="german-iphone"),
+        pytest.param(
+            "Sent from my iPhone, the gate code is 4471",
+            "Sent from my iPhone, the gate code is 4471",
+            id="footer-only-text-stays",
+        ),
+        pytest.param(
+            "Sent from my iPhone\nthe gate code is 4471",
+            "Sent from my iPhone\nthe gate code is 4471",
+            id="footer-words-not-last-stay",
+        ),
+        pytest.param(
+            "CAUTION: This email originated from outside of the organization. Do not click "
+            "links or open attachments unless you recognize the sender.\n\nPump 3 failed",
+            "Pump 3 failed",
+            id="m365-caution-banner",
+        ),
+        pytest.param(
+            "CAUTION: This email originated from outside of the organization. Do not click\n"
+            "links or open attachments unless you recognize the sender.\nPump 3 failed",
+            "Pump 3 failed",
+            id="wrapped-banner",
+        ),
+        pytest.param("[EXTERNAL]\nPump 3 failed", "Pump 3 failed", id="external-tag-line"),
+        pytest.param("[EXTERNAL] Pump 3 failed", "Pump 3 failed", id="external-tag-prefix"),
+        pytest.param(
+            "You don\u2019t often get email from a@example.com. Learn why this is important\n"
+            "Pump 3 failed",
+            "Pump 3 failed",
+            id="first-contact-tip",
+        ),
+        pytest.param(
+            "EXTERNAL EMAIL: This message came from outside the company.\nPump 3 failed",
+            "Pump 3 failed",
+            id="external-email-banner",
+        ),
+        pytest.param(
+            "Pump 3 failed\nCAUTION: This email originated from outside of the organization.",
+            "Pump 3 failed\nCAUTION: This email originated from outside of the organization.",
+            id="banner-not-at-top-stays",
+        ),
+        pytest.param(
+            "CAUTION: wet floor in hall 2", "CAUTION: wet floor in hall 2", id="caution-is-text"
+        ),
+        pytest.param(
+            "Pump 3 failed\n\nThis email and any attachments are confidential and intended "
+            "solely for the addressee.",
+            "Pump 3 failed",
+            id="disclaimer-paragraph",
+        ),
+        pytest.param(
+            "Pump 3 failed\nCONFIDENTIALITY NOTICE: The contents of this email are confidential.",
+            "Pump 3 failed",
+            id="disclaimer-without-blank-line",
+        ),
+        pytest.param(
+            "Pump 3 failed\n\nDisclaimer:\n\nThe information contained in this e-mail may be "
+            "privileged.\nIf you have received it in error, delete it.",
+            "Pump 3 failed",
+            id="disclaimer-heading-and-paragraphs",
+        ),
+        pytest.param(
+            "Pump 3 failed\n\nDisclaimer: readings are approximate",
+            "Pump 3 failed\nDisclaimer: readings are approximate",
+            id="disclaimer-word-without-legalese-stays",
+        ),
+        pytest.param(
+            "This message is confidential: pump 3 failed, tell nobody.",
+            "This message is confidential: pump 3 failed, tell nobody.",
+            id="disclaimer-like-only-text-stays",
+        ),
+        pytest.param(
+            "CONFIDENTIALITY NOTICE: confidential stuff\n\nPump 3 failed",
+            "CONFIDENTIALITY NOTICE: confidential stuff\nPump 3 failed",
+            id="disclaimer-not-at-end-stays",
+        ),
+        pytest.param(
+            "Pump 3 failed\n\nSent from my iPhone\n\nThis email is confidential.",
+            "Pump 3 failed",
+            id="footer-then-disclaimer",
+        ),
+        pytest.param(
+            "Pump 3 failed\n\nPlease consider the environment before printing this email.",
+            "Pump 3 failed",
+            id="environment-footer",
+        ),
+    ],
+)
+def test_removals(text: str, body: str) -> None:
+    assert body_of(text) == body
+
+
+@pytest.mark.parametrize(
+    ("markup", "text"),
+    [
+        pytest.param(
+            '<div dir="ltr">New</div><div class="gmail_quote"><div class="gmail_attr">On Mon, '
+            'A wrote:</div><blockquote class="gmail_quote"><div>Old</div></blockquote></div>',
+            "New",
+            id="gmail-quote",
+        ),
+        pytest.param(
+            '<div>New</div><div class="gmail_quote"><div><div>x</div></div>Old</div><p>After</p>',
+            "New\nAfter",
+            id="gmail-quote-nested-divs",
+        ),
+        pytest.param(
+            '<p>New</p><blockquote type="cite"><p>Old</p><blockquote type="cite">Older'
+            "</blockquote></blockquote>",
+            "New",
+            id="blockquote-cite",
+        ),
+        pytest.param("<p>New</p><blockquote>Kept</blockquote>", "New\nKept", id="plain-blockquote"),
+        pytest.param(
+            '<p>New</p><div id="appendonsend"></div><hr><div id="divRplyFwdMsg"><b>From:</b> A'
+            "</div><div>Old</div>",
+            "New",
+            id="outlook-appendonsend",
+        ),
+        pytest.param(
+            '<p>New</p><div id="divRplyFwdMsg">From: A</div><p>Old</p>',
+            "New",
+            id="outlook-divRplyFwdMsg",
+        ),
+        pytest.param(
+            '<div class="gmail_quote">only quoted</div>', "only quoted", id="only-a-quote-stays"
+        ),
+    ],
+)
+def test_html_replies_are_dropped(markup: str, text: str) -> None:
+    assert parse_mail(mime(b"text/html; charset=utf-8", markup.encode())).body == text
+
+
+def test_html_to_text_keeps_replies_unless_asked() -> None:
+    markup = '<p>New</p><div class="gmail_quote">Old</div>'
+    assert html_to_text(markup) == "New\nOld"
+    assert html_to_text(markup, drop_replies=True) == "New"
+
+
+@pytest.mark.parametrize(
+    ("cleanup", "text", "body"),
+    [
+        pytest.param(
+            Cleanup(strip_patterns=(re.compile(r"\*\*\*SPAM\*\*\*\s*"),)),
+            "***SPAM*** Pump 3 failed",
+            "Pump 3 failed",
+            id="strip-pattern",
+        ),
+        pytest.param(
+            Cleanup(strip_patterns=(re.compile(r"(?m)^Ticket #\d+$"),)),
+            "Ticket #123\nPump 3 failed\n\nTicket #123",
+            "Pump 3 failed",
+            id="strip-pattern-lines",
+        ),
+        pytest.param(
+            Cleanup(cut_after=("$$",)),
+            "Pump 3 failed\n  $$  \nsecret",
+            "Pump 3 failed",
+            id="cut-after",
+        ),
+        pytest.param(
+            Cleanup(cut_after=("END", "$$")),
+            "Pump END\nfailed\nEND\nx",
+            "Pump END\nfailed",
+            id="cut-after-whole-lines-only",
+        ),
+        pytest.param(Cleanup(cut_after=("$$",)), "$$\nall hidden", "", id="cut-after-at-top"),
+        pytest.param(Cleanup(), "Same\n\n-- \nsig", "Same", id="empty-cleanup"),
+    ],
+)
+def test_cleanup(cleanup: Cleanup, text: str, body: str) -> None:
+    raw = mime(b"text/plain; charset=utf-8", text.encode())
+    assert parse_mail(raw, cleanup).body == body
+
+
+def test_cleanup_applies_to_html() -> None:
+    raw = mime(b"text/html", b"<p>Pump 3 failed</p><p>$$</p><p>footer</p>")
+    assert parse_mail(raw, Cleanup(cut_after=("$$",))).body == "Pump 3 failed"
 
 
 # --- headers -------------------------------------------------------------------------------
@@ -383,9 +675,9 @@ def test_header_values_are_single_lines() -> None:
                 message_id="SY4PR01MB6123ABCDEF@SY4PR01MB6123.ausprd01.prod.outlook.example",
                 date="Tue, 14 May 2024 08:02:10 +1000",
                 body=(
-                    "Hi team,\n\n"
+                    "Hi team,\n"
                     "The \u201cnightly\u201d backup on FS02 failed at 02:00 \u2013 please check "
-                    "the tape library & re-run it.\n\n"
+                    "the tape library & re-run it.\n"
                     "Thanks,\nOps"
                 ),
                 content_type="text/html",
@@ -399,7 +691,7 @@ def test_header_values_are_single_lines() -> None:
                 from_addresses=("jamie.example@gmail.example",),
                 message_id="CAB1x2y3Z4-example-gmail-id@mail.gmail.example",
                 date="Wed, 15 May 2024 19:45:03 +1000",
-                body="Dinner at 7 \u2014 bring the crème brûlée! \N{FOUR LEAF CLOVER}\n\nJamie",
+                body="Dinner at 7 \u2014 bring the crème brûlée! \N{FOUR LEAF CLOVER}\nJamie",
                 content_type="multipart/alternative",
             ),
         ),
@@ -421,9 +713,9 @@ def test_header_values_are_single_lines() -> None:
                 from_addresses=("sam@example.net",),
                 message_id="5e1f2a3b-0c4d-4e5f-8a9b-0c1d2e3f4a5b@example.net",
                 date="Fri, 17 May 2024 10:15:00 +1200",
-                body=(
+                body=(  # the "-- " signature ("Sam") goes
                     "The plumber is coming tomorrow between 9 and 11, so please leave the side "
-                    "gate unlocked and keep the dog inside.\n\nSee you tonight.\n\n--\nSam"
+                    "gate unlocked and keep the dog inside.\nSee you tonight."
                 ),
             ),
         ),
@@ -434,7 +726,7 @@ def test_header_values_are_single_lines() -> None:
                 from_addresses=("panel7@alarm.example.com",),
                 message_id=None,
                 date=None,
-                body="ALARM Zone 3 Entrée\nPanel 7 - Café Rue\n\nTime 03:12",
+                body="ALARM Zone 3 Entrée\nPanel 7 - Café Rue\nTime 03:12",
             ),
         ),
     ],
@@ -472,7 +764,7 @@ def test_text_before_a_too_deep_part_is_still_used() -> None:
 
 
 def test_unexpected_failures_become_unparseable(monkeypatch: pytest.MonkeyPatch) -> None:
-    def explode(raw: bytes) -> MailContent:
+    def explode(raw: bytes, cleanup: object) -> MailContent:
         raise ValueError(raw)
 
     monkeypatch.setattr(mail_parse, "_parse", explode)

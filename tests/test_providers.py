@@ -681,3 +681,15 @@ async def test_account_check_errors(status, body, kind):
         await check(handler)
     assert SECRET not in str(caught.value)
     assert (type(caught.value) is ProviderAccountError) == (kind is ProviderAccountError)
+
+
+@pytest.mark.anyio
+async def test_account_check_falls_back_on_a_laravel_json_404_and_reads_other_balance_keys():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v3/profile/balance":
+            return httpx.Response(404, json={"message": "The route could not be found."})
+        data = {"remaining_balance": "42.50", "currency": "AUD"}
+        return httpx.Response(200, json={"status": "success", "message": None, "data": data})
+
+    status = await check(handler)
+    assert status.balance == "42.50 AUD"

@@ -754,3 +754,31 @@ def test_retrying_one_message_revives_its_dropped_bounce(queue: Queue) -> None:
     assert queue.retry_now(queue_id, now=T0 + 3) == 1
     (job,) = queue.claim_bounces(now=T0 + 3, lease=LEASE, limit=5)
     assert job.queue_id == queue_id
+
+
+def test_a_renewed_lease_is_not_claimed_again(queue: Queue) -> None:
+    queue_id = queue.enqueue(msg(A, B))
+    queue.claim(now=T0, lease=10, limit=5)
+    queue.renew_lease(queue_id, [A, B], until=T0 + 100)
+    assert queue.claim(now=T0 + 50, lease=10, limit=5) == []
+    (again,) = queue.claim(now=T0 + 101, lease=10, limit=5)
+    assert again.possible_duplicates == (A, B)
+
+
+def test_a_development_version_2_queue_gets_the_version_3_columns(path: Path) -> None:
+    with Queue(path) as queue:
+        queue_id = queue.enqueue(msg(A))
+    conn = sqlite3.connect(path)
+    try:  # as a development build left it: version 2 with only one of the new columns
+        conn.execute("DROP INDEX messages_message_id")
+        conn.execute("ALTER TABLE messages DROP COLUMN sms_type")
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    finally:
+        conn.close()
+    with Queue(path) as queue:
+        assert queue.get(queue_id).recipients[0].number == A
+        second = queue.enqueue(replace(msg(B), sms_type="otp"))
+        jobs = {job.queue_id: job for job in queue.claim(now=T0, lease=LEASE, limit=5)}
+    assert jobs[second].sms_type == "otp"
+    assert jobs[queue_id].sms_type == "plain"

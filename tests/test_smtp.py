@@ -201,10 +201,10 @@ async def test_declared_size_over_limit_is_refused_at_mail_from_552_534(make_set
 async def test_queue_unavailable_is_a_temporary_failure_451(make_settings, start_app, monkeypatch):
     app = await start_app(make_settings())
 
-    async def broken(_message):
+    async def broken(_message, **_kwargs):
         raise QueueUnavailableError("disk I/O error at /var/lib/mail2sms/queue.sqlite3")
 
-    monkeypatch.setattr(app.queue, "enqueue", broken)
+    monkeypatch.setattr(app.queue, "enqueue_unless_duplicate", broken)
     replies = await transaction(app.smtp_port, ALLOWED, [GATEWAY], make_mail())
     code, text = replies[-1]
     assert code == 451

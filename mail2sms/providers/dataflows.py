@@ -254,10 +254,12 @@ class DataFlowsProvider(HttpProvider):
         DataFlows documents ``/api/v3/profile/balance``; stock Ultimate SMS builds have
         ``/api/v3/balance``. The first that exists answers.
         """
+        last = "no answer"
         for path in BALANCE_PATHS:
             response = await self._request("GET", path)
-            if response.status_code == httpx.codes.NOT_FOUND and not _is_json(response):
-                continue  # no such route on this build: try the next
+            if response.status_code == httpx.codes.NOT_FOUND:
+                last = f"{path}: HTTP 404"
+                continue  # no such route on this build (Laravel answers JSON 404s too)
             envelope = self._envelope(response)
             said = _text(envelope.get("message")) or f"HTTP {response.status_code}"
             if str(envelope.get("status", "")).strip().lower() != "success":
@@ -265,15 +267,14 @@ class DataFlowsProvider(HttpProvider):
                 verdict = rule.verdict if rule is not None else Verdict.REFUSED
                 if verdict is Verdict.ACCOUNT or response.status_code == httpx.codes.UNAUTHORIZED:
                     raise self.transient(f"the token was refused: {said}", account=True)
-                raise self.transient(f"the balance check failed: {said}")
+                last = f"{path}: {said}"
+                continue
             data = envelope.get("data")
-            remaining = data.get("remaining_unit") if isinstance(data, dict) else None
-            expires = data.get("expired_on") if isinstance(data, dict) else None
-            balance = None if remaining is None else f"{remaining} units"
-            if balance is not None and expires:
-                balance += f" (expires {expires})"
-            return AccountStatus(balance=balance, detail=f"token accepted by {self.base_url}")
-        raise self.transient(f"no balance endpoint at {self.base_url}: is provider.base_url right?")
+            return AccountStatus(
+                balance=_balance(data) if isinstance(data, dict) else None,
+                detail=f"token accepted by {self.base_url}",
+            )
+        raise self.transient(f"the balance check failed ({last}): is provider.base_url right?")
 
     def _envelope(self, response: httpx.Response) -> dict[str, Any]:
         """Read the JSON object answer; redirects and non-JSON bodies are not answers."""
@@ -387,8 +388,23 @@ class DataFlowsProvider(HttpProvider):
         raise self.verdict_error(verdict, said, response)
 
 
-def _is_json(response: httpx.Response) -> bool:
-    return "json" in response.headers.get("Content-Type", "")
+_BALANCE_KEYS = ("remaining_unit", "sms_unit", "remaining_balance", "sms_credit_balance", "balance")
+
+
+def _balance(data: dict[str, Any]) -> str | None:
+    """The balance in the platform's words; builds name the field differently."""
+    for key in _BALANCE_KEYS:
+        value = data.get(key)
+        if value is not None and str(value).strip():
+            unit = (
+                "units"
+                if key in {"remaining_unit", "sms_unit"}
+                else str(data.get("currency") or "")
+            )
+            text = f"{value} {unit}".strip()
+            expires = data.get("expired_on")
+            return f"{text} (expires {expires})" if expires else text
+    return None
 
 
 def _result(outcome: Outcome, detail: str, ref: str | None) -> RecipientResult:
