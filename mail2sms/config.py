@@ -261,6 +261,15 @@ class GatewayConfig(Section):
                 raise ValueError(f"{name}: {exc.text}") from None
         if aliases and not info.data.get("domains"):
             raise ValueError("aliases need gateway.domains: mail goes to <name>@<domain>")
+        domains = set(info.data.get("domains", []))
+        taken = {
+            a.partition("@")[0]
+            for a in info.data.get("addresses", [])
+            if a.partition("@")[2] in domains
+        }
+        clash = sorted(taken & set(aliases))
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: already a gateway address at a gateway domain")
         return aliases
 
     @field_validator("contact_lists")

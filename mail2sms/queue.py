@@ -341,6 +341,22 @@ def _finish(conn: sqlite3.Connection, queue_id: str, now: float) -> None:
         conn.execute(_OWE_BOUNCE, params)
 
 
+def _same_message(
+    conn: sqlite3.Connection, message: NewMessage, numbers: Sequence[str], since: float
+) -> str | None:
+    """The id of an earlier copy of ``message`` (see ``enqueue_unless_duplicate``)."""
+    candidates = conn.execute(
+        "SELECT id FROM messages WHERE message_id = ? AND envelope_from = ? AND text = ?"
+        " AND sender_id = ? AND received_at >= ? ORDER BY received_at DESC",
+        (message.message_id, message.envelope_from, message.text, message.sender_id, since),
+    ).fetchall()
+    for row in candidates:
+        rows = conn.execute("SELECT number FROM recipients WHERE queue_id = ?", (row["id"],))
+        if {r["number"] for r in rows} == set(numbers):
+            return str(row["id"])
+    return None
+
+
 def _require(conn: sqlite3.Connection, queue_id: str) -> None:
     if conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is None:
         raise NotFoundError(f"no queued message with id {queue_id}")
@@ -509,11 +525,13 @@ class Queue:
     def enqueue_unless_duplicate(
         self, message: NewMessage, *, since: float | None
     ) -> tuple[str, bool]:
-        """Like ``enqueue``, unless the same sender's same Message-ID came after ``since``.
+        """Like ``enqueue``, unless the very same message came after ``since``.
 
         Mail servers send a message again when our 250 was lost; the second copy must not
-        become a second SMS. Returns the queue id (the earlier one for a duplicate) and
-        whether it was a duplicate. Checked and stored in one transaction.
+        become a second SMS. "The same" is: same envelope sender and Message-ID, *and* the
+        same text to the same numbers, because a Message-ID alone is reused by devices and
+        shared by the transactions a server splits one mail into. Returns the queue id (the
+        earlier one for a duplicate) and whether it was a duplicate; one transaction.
         """
         numbers = list(dict.fromkeys(message.recipients))
         if not numbers:
@@ -521,13 +539,9 @@ class Queue:
         now = message.received_at
         with self._write() as conn:
             if since is not None and message.message_id:
-                row = conn.execute(
-                    "SELECT id FROM messages WHERE message_id = ? AND envelope_from = ?"
-                    " AND received_at >= ? ORDER BY received_at DESC LIMIT 1",
-                    (message.message_id, message.envelope_from, since),
-                ).fetchone()
-                if row is not None:
-                    return str(row["id"]), True
+                earlier = _same_message(conn, message, numbers, since)
+                if earlier is not None:
+                    return earlier, True
             for _ in range(5):
                 queue_id = new_queue_id(now)
                 try:

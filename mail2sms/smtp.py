@@ -11,7 +11,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -266,17 +266,20 @@ def build_message(
     options = next(
         (policy.options[t.address] for t in targets if t.address in policy.options), None
     )
+    subject = content.subject  # as written, for the queue and a bounce
+    if policy.normalize:  # before choosing, so a body of invisible characters counts as empty
+        content = replace(content, body=normalize(content.body), subject=normalize(content.subject))
     text = choose_text(targets, content, options.text if options else "body")
-    if policy.normalize:
-        text = normalize(text)
     max_parts = (options.max_parts if options else None) or policy.max_parts
     if policy.on_too_long == "truncate":
         text = truncate(text, max_parts)
+    if not text.strip():
+        raise EmptyTextError("The message has no text to send: write the SMS in the body")
     check_length(text, max_parts)
     return NewMessage(
         envelope_from=envelope_from,
         from_header=", ".join(content.from_addresses),
-        subject=content.subject,
+        subject=subject,
         message_id=content.message_id,
         recipients=recipients,
         text=text,

@@ -174,3 +174,11 @@ async def test_recipients_with_other_options_are_deferred_to_their_own_message(
     (post,) = [r for r in fake_dataflows.requests if r.method == "POST"]
     assert post.body["sender_id"] == "TestBrand"
     assert post.body["type"] == "plain"
+
+
+def test_an_alias_may_not_shadow_a_gateway_address(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(BASE + '[gateway.aliases]\nsms = ["+61412345678"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any("already a gateway address" in p for p in caught.value.problems)

@@ -111,3 +111,61 @@ async def test_duplicate_suppression_can_be_switched_off(make_settings, start_ap
     first = await transaction(app.smtp_port, ALLOWED, [GATEWAY], mail)
     second = await transaction(app.smtp_port, ALLOWED, [GATEWAY], mail)
     assert first[-1][1] != second[-1][1]
+
+
+async def test_the_same_message_id_with_other_numbers_or_text_is_a_new_message(
+    make_settings, start_app
+):
+    settings = make_settings()
+    app = await start_app(settings)
+    door = make_mail(subject="+61412345678", body="Door 1 open")  # fixed Message-ID
+    fire = make_mail(subject="+61498765432", body="FIRE zone 3")  # the same Message-ID
+    first = await transaction(app.smtp_port, ALLOWED, [GATEWAY], door)
+    second = await transaction(app.smtp_port, ALLOWED, [GATEWAY], fire)
+    assert first[-1][1] != second[-1][1]
+    await poll(lambda: len(read_outbox(settings.provider.path)) == 2)
+    assert sorted(e["text"] for e in read_outbox(settings.provider.path)) == [
+        "Door 1 open",
+        "FIRE zone 3",
+    ]
+
+
+async def test_a_recipient_deferred_with_452_and_resent_alone_is_delivered(
+    make_settings, start_app
+):
+    settings = make_settings(
+        gateway={
+            "aliases": {"ups": ["+61498765432"]},
+            "options": {f"ups@{DOMAIN}": {"max_parts": 1}},
+        }
+    )
+    app = await start_app(settings)
+    mail = make_mail(to=f"+61412345678@{DOMAIN}", subject="UPS on battery", body="Site 4")
+    first = await transaction(
+        app.smtp_port, ALLOWED, [f"+61412345678@{DOMAIN}", f"ups@{DOMAIN}"], mail
+    )
+    assert [code for code, _ in first[1:]] == [250, 452, 250]
+    resent = await transaction(app.smtp_port, ALLOWED, [f"ups@{DOMAIN}"], mail)  # as an MTA does
+    assert resent[-1][0] == 250
+    assert resent[-1][1] != first[-1][1]
+    await poll(lambda: len(read_outbox(settings.provider.path)) == 2)
+    assert sorted(e["to"] for e in read_outbox(settings.provider.path)) == [
+        "+61412345678",
+        "+61498765432",
+    ]
+
+
+async def test_a_body_of_invisible_characters_falls_back_to_the_subject(make_settings, start_app):
+    settings = make_settings()
+    app = await start_app(settings)
+    mail = make_mail(to=f"+61412345678@{DOMAIN}", subject="Mains restored", body="\u200b\u00ad")
+    replies = await transaction(app.smtp_port, ALLOWED, [f"+61412345678@{DOMAIN}"], mail)
+    assert replies[-1][0] == 250
+    assert await sent_texts(settings) == ["Mains restored"]
+
+
+async def test_nothing_left_after_normalising_is_refused_not_sent_empty(make_settings, start_app):
+    app = await start_app(make_settings())
+    replies = await transaction(app.smtp_port, ALLOWED, [GATEWAY], make_mail(body="\u200b\ufeff"))
+    assert replies[-1][0] == 550
+    assert replies[-1][1].startswith("5.6.0 ")
