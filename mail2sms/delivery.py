@@ -210,7 +210,8 @@ class Delivery(QueueLoop):
         failed = [
             n for n in numbers if n in by_number and by_number[n].outcome is Outcome.PERMANENT
         ]
-        retry = [n for n in numbers if n not in sent and n not in failed]
+        held = [n for n in numbers if n in by_number and by_number[n].outcome is Outcome.HELD]
+        retry = [n for n in numbers if n not in sent and n not in failed and n not in held]
         if sent:
             await self.queue.mark_sent(
                 job.queue_id,
@@ -229,6 +230,17 @@ class Delivery(QueueLoop):
         for number in failed:
             detail = by_number[number].detail or "the provider refused this number"
             await self._fail(job, (number,), detail, STATUS_BAD_NUMBER)
+        if held:  # the operator's account, for these numbers only: keep them, say so loudly
+            reason = "; ".join(sorted({by_number[n].detail for n in held} - {""}))
+            log.error(
+                "provider_account_error",
+                queue_id=job.queue_id,
+                provider=self.provider.name,
+                recipients=held,
+                error=reason,
+                hint="check the provider account; these numbers stay queued",
+            )
+            await self._retry(job, held, reason, None, may_give_up=False)
         if retry:
             details = {by_number[n].detail for n in retry if n in by_number} - {""}
             reason = "; ".join(sorted(details)) or "the provider gave no result for it"

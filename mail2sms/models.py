@@ -134,6 +134,8 @@ class Outcome(StrEnum):
     SENT = "sent"
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+    HELD = "held"
+    """Not sent because of the operator's account (funds, permission): kept, never given up."""
 
 
 @dataclass(frozen=True, slots=True)

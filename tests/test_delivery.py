@@ -384,3 +384,24 @@ async def test_a_provider_without_contact_lists_fails_the_list_for_good(queue, r
     assert failed.dsn_status == "5.3.3"
     assert "cannot send to contact lists" in (failed.last_error or "")
     assert [b.recipients for b in provider.batches] == [("+61412345678",)]
+
+
+async def test_numbers_held_by_the_operators_account_are_never_given_up(queue, run_delivery):
+    def held(batch: SmsBatch) -> list[RecipientResult]:
+        first, second = batch.recipients
+        return [
+            RecipientResult(first, Outcome.SENT, provider_ref="r1"),
+            RecipientResult(second, Outcome.HELD, detail="not sent: Insufficient funds"),
+        ]
+
+    provider = ScriptedProvider([held, Outcome.SENT])
+    queue_id = await queue.enqueue(
+        message("+61412345678", "+61498765432", received_at=time.time() - 7200)
+    )
+    run_delivery(provider, give_up_after=3600)  # long past: a transient failure would fail
+    entry = await wait_state(queue, queue_id, lambda s: set(s.values()) == {RecipientState.SENT})
+    assert [b.recipients for b in provider.batches] == [
+        ("+61412345678", "+61498765432"),
+        ("+61498765432",),
+    ]
+    assert entry.bounce_state is None

@@ -758,3 +758,43 @@ async def test_meta_status_never_overrides_an_http_error_status():
     body = errors(500, error(MSG_INVALID_NUMBER, "phoneNumbers", A))
     (result,) = await send(Api(reply(422, body)), A)
     assert result.outcome is Outcome.PERMANENT
+
+
+async def _mf_send(body: dict, *numbers: str):
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=body)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        provider = MessageFlowProvider(
+            client=client, token="mfTokenForTests0123456789", application_key="mfAppKey0123456789"
+        )
+        batch = SmsBatch(queue_id="1M8Q", recipients=numbers, text="t", sender_id="ACME")
+        return await provider.send(batch)
+
+
+NO_FUNDS = {"title": "Payment", "message": "Insufficient funds on the account", "code": "E-4-009"}
+
+
+async def test_an_account_error_inside_a_200_with_nothing_sent_keeps_mail_queued():
+    body = {
+        "data": [],
+        "errors": [NO_FUNDS],
+        "meta": {"sentSms": 0, "notSentSms": 2, "status": 200},
+    }
+    with pytest.raises(ProviderAccountError):
+        await _mf_send(body, "+61412345678", "+61498765432")
+
+
+async def test_an_account_error_for_some_numbers_holds_only_those():
+    sent = {"phoneNumber": "+61412345678", "externalId": "mail2sms-1M8Q", "status": 0}
+    error = NO_FUNDS | {"meta": {"value": "+61498765432"}}
+    body = {
+        "data": [sent],
+        "errors": [error],
+        "meta": {"sentSms": 1, "notSentSms": 1, "status": 200},
+    }
+    results = await _mf_send(body, "+61412345678", "+61498765432")
+    assert [(r.recipient, r.outcome) for r in results] == [
+        ("+61412345678", Outcome.SENT),
+        ("+61498765432", Outcome.HELD),
+    ]

@@ -419,6 +419,9 @@ class MessageFlowProvider(HttpProvider):
         if len(missing) == 1 and not named and len(unnamed) == 1:
             named[missing[0]] = unnamed.pop()
         ref = f" (MessageFlow request {uniq})" if uniq else ""
+        account = [e for e in errors if verdict_of(e, httpx.codes.OK) is Verdict.ACCOUNT]
+        if account and len(missing) == len(numbers):  # nothing went out: the account's fault
+            raise self.transient(f"the account was refused: {account[0].text}{ref}", account=True)
         results = {}
         for number in missing:
             own = named.get(number)
@@ -430,6 +433,8 @@ class MessageFlowProvider(HttpProvider):
                 results[number] = _result(Outcome.TRANSIENT, self._redact(detail + ref))
             elif verdict_of(own, httpx.codes.OK) is Verdict.RECIPIENT:
                 results[number] = _result(Outcome.PERMANENT, self._redact(own.text))
+            elif verdict_of(own, httpx.codes.OK) is Verdict.ACCOUNT:
+                results[number] = _result(Outcome.HELD, self._redact(f"not sent: {own.text}{ref}"))
             else:
                 results[number] = _result(
                     Outcome.TRANSIENT, self._redact(f"not sent: {own.text}{ref}")
