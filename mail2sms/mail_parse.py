@@ -182,7 +182,7 @@ def _parse(raw: bytes, cleanup: Cleanup) -> MailContent:
         from_addresses=from_addresses,
         message_id=_message_id(_first(headers, "message-id")),
         date=date,
-        body=_body(message, cleanup),
+        body=_body(message, cleanup, forwarded=_FORWARDED_MAIL.match(subject) is not None),
         content_type=message.get_content_type(),
         auto_submitted=_keyword(_first(headers, "auto-submitted")),
         received=len(headers.get("received", [])),
@@ -303,24 +303,25 @@ def _unescape_8bit(text: str) -> str:
 # --- the body: decoding ---------------------------------------------------------------------
 
 
-def _body(message: Message, cleanup: Cleanup) -> str:
+def _body(message: Message, cleanup: Cleanup, *, forwarded: bool = False) -> str:
     """Choose the part to read and turn it into shaped plain text.
 
     The first non-attachment text/plain part with any text wins (that is what a person
     typed, even in multipart/alternative where RFC 2046 prefers the last part); otherwise
-    the first text/html part, converted; attachments and other types are ignored.
+    the first text/html part, converted; attachments and other types are ignored. In a
+    ``forwarded`` mail the "history" is the alert being passed on, so it all stays.
     """
     plain_parts, html_parts, too_deep = _text_parts(message)
     for part in plain_parts:
-        text = _shape(_plain_text(part), cleanup)
+        text = _shape(_plain_text(part), cleanup, forwarded=forwarded)
         if text:
             return text
     for part in html_parts:
         markup = _part_text(part)
         # A mail that is nothing but quoted markup (a bare forward) keeps its text.
-        text = _shape(html_to_text(markup, drop_replies=True), cleanup) or _shape(
-            html_to_text(markup), cleanup
-        )
+        text = _shape(
+            html_to_text(markup, drop_replies=not forwarded), cleanup, forwarded=forwarded
+        ) or _shape(html_to_text(markup), cleanup, forwarded=forwarded)
         if text:
             return text
     if too_deep:
@@ -524,6 +525,21 @@ _ATTRIBUTION = re.compile(
     r")\s*:",
     re.IGNORECASE,
 )
+# What tells a client's attribution from a sentence that happens to fit the pattern ("On
+# node 4 the watchdog wrote:"): a date or time (a digit) and a comma or the word for "at".
+_ATTRIBUTION_DATE = re.compile(r"\d")
+_ATTRIBUTION_JOINT = re.compile(r",|\s(?:at|um|à|om)\s", re.IGNORECASE)
+
+
+def _is_attribution(line: str) -> bool:
+    """Whether ``line`` is a client's "On <date>, <name> wrote:" (or a translation)."""
+    return (
+        _ATTRIBUTION.fullmatch(line) is not None
+        and _ATTRIBUTION_DATE.search(line) is not None
+        and _ATTRIBUTION_JOINT.search(line) is not None
+    )
+
+
 # The "Original Message" line between dashes: Outlook and Lotus write five dashes each side,
 # Samsung and Android eight; also its German, French, Spanish and Dutch translations.
 _ORIGINAL_MESSAGE = re.compile(
@@ -531,11 +547,15 @@ _ORIGINAL_MESSAGE = re.compile(
     r"|Mensaje original|Oorspronkelijk bericht)\s*-{2,}",
     re.IGNORECASE,
 )
-# Outlook's reply header block: "From: …", then within a few lines "Sent: …" (or "Date:")
-# and "Subject: …"; "*From:*" when a client rendered Outlook's bold labels as text.
+# Outlook's reply header block: "From: …", then within a few lines "Sent: …" and
+# "Subject: …"; "*From:*" when a client rendered Outlook's bold labels as text. "Date:"
+# instead of "Sent:" is what alarm panels and monitoring mails write in their own text, so
+# it only counts right below an underscore rule (see _starts_reply_history).
 _REPLY_FROM = re.compile(r"\s*\*?(?:From|De|Von|Van|Da)\*?\s?:\s*\S")
-_REPLY_SENT = re.compile(
-    r"\s*\*?(?:Sent|Date|Envoyé|Gesendet|Datum|Enviado|Fecha|Verzonden|Inviato)\*?\s?:"
+_REPLY_SENT = re.compile(r"\s*\*?(?:Sent|Envoyé|Gesendet|Enviado|Verzonden|Inviato)\*?\s?:")
+_REPLY_DATE = re.compile(
+    r"\s*\*?(?:Sent|Date|Envoyé|Gesendet|Datum|Enviado|Fecha|Verzonden"
+    r"|Inviato)\*?\s?:"
 )
 _REPLY_SUBJECT = re.compile(r"\s*\*?(?:Subject|Objet|Betreff|Asunto|Onderwerp|Oggetto)\*?\s?:")
 _REPLY_HEADER_SPAN = 6
@@ -547,6 +567,7 @@ _FORWARD_LINE = re.compile(r"[\s-]*(?:Forwarded message|Begin forwarded message)
 _FORWARD_LOOKBACK = 3
 # Outlook's separator above the reply header block: a line of underscores.
 _UNDERSCORE_RULE = re.compile(r"\s*_{10,}\s*$")
+_SHORT_RULE = re.compile(r"\s*_{3,}\s*$")
 
 
 def _cut_reply_history(text: str) -> str:
@@ -558,27 +579,30 @@ def _cut_reply_history(text: str) -> str:
     lines = text.split("\n")
     for index in range(len(lines)):
         if _starts_reply_history(lines, index):
-            return _unless_empty(text, lines[:index])
+            end = index
+            while end and (not lines[end - 1].strip() or _SHORT_RULE.match(lines[end - 1])):
+                end -= 1  # a shorter rule above the header block goes with it
+            return _unless_empty(text, lines[:end])
     return text
 
 
 def _starts_reply_history(lines: list[str], index: int) -> bool:
     line = lines[index]
-    if _ORIGINAL_MESSAGE.match(line) or _starts_reply_header(lines, index):
+    if _ORIGINAL_MESSAGE.match(line) or _starts_reply_header(lines, index, _REPLY_SENT):
         return True
     if _UNDERSCORE_RULE.match(line):
         following = _next_nonblank(lines, index + 1)
-        return following is not None and _starts_reply_header(lines, following)
+        return following is not None and _starts_reply_header(lines, following, _REPLY_DATE)
     if len(line) > _ATTRIBUTION_MAX:
         return False
-    attribution = _ATTRIBUTION.fullmatch(line) is not None
+    attribution = _is_attribution(line)
     if (
         not attribution
         and index + 1 < len(lines)
         and len(lines[index + 1]) <= _ATTRIBUTION_MAX
-        and not _ATTRIBUTION.fullmatch(lines[index + 1])  # else that line starts it alone
+        and not _is_attribution(lines[index + 1])  # else that line starts it alone
     ):
-        attribution = _ATTRIBUTION.fullmatch(line + " " + lines[index + 1]) is not None
+        attribution = _is_attribution(line + " " + lines[index + 1])
         index += attribution
     if not attribution:
         return False
@@ -588,12 +612,12 @@ def _starts_reply_history(lines: list[str], index: int) -> bool:
     return following is None or lines[following].startswith(">")
 
 
-def _starts_reply_header(lines: list[str], index: int) -> bool:
+def _starts_reply_header(lines: list[str], index: int, sent: re.Pattern[str]) -> bool:
     if not _REPLY_FROM.match(lines[index]):
         return False
     window = lines[index + 1 : index + 1 + _REPLY_HEADER_SPAN]
     subject = next((line for line in window if _REPLY_SUBJECT.match(line)), None)
-    if subject is None or not any(_REPLY_SENT.match(line) for line in window):
+    if subject is None or not any(sent.match(line) for line in window):
         return False
     above = lines[max(0, index - _FORWARD_LOOKBACK) : index]
     return not _FORWARD_SUBJECT.match(subject) and not any(
@@ -609,51 +633,68 @@ def _next_nonblank(lines: list[str], start: int) -> int | None:
 
 
 def _drop_trailing_quote(text: str) -> str:
-    """Drop ``>`` quoted lines at the end (iPhone quotes its own attribution line too).
+    """Drop the ``>`` quoted lines at the end when they quote a reply (iPhone's style).
 
-    Quotes inside the text (inline replies) are context the writer chose and stay.
+    iPhone quotes its own attribution line too ("> On 22 May 2024, at 08:30, Ann wrote:"),
+    so the trailing quote goes only when its first line is such an attribution. Any other
+    quote (an alarm quoting a reading, an inline reply) is text the sender chose.
     """
     lines = text.split("\n")
     end = len(lines)
     while end and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(">")):
         end -= 1
+    first = _next_nonblank(lines, end)
+    if first is None or not _is_attribution(lines[first].lstrip().lstrip(">").lstrip()):
+        return text
     return _unless_empty(text, lines[:end])
 
 
-# The RFC 3676 signature delimiter "-- " (its trailing space is stripped by now; some
-# clients never write it).
-_SIGNATURE_DELIMITER = frozenset({"--", "-- "})
-
-
 def _cut_signature(text: str) -> str:
-    """Drop the signature: the first ``-- `` line and everything after it."""
+    """Drop the signature: the first ``-- `` line and everything after it.
+
+    Only the RFC 3676 delimiter counts, dash dash space, so this runs before trailing spaces
+    are stripped: a bare ``--`` is a separator in alarm and report mails, and only dropped
+    when nothing but blank lines follows it.
+    """
     lines = text.split("\n")
     for index, line in enumerate(lines):
-        if line in _SIGNATURE_DELIMITER:
+        if line.startswith("-- ") and not line[3:].strip(" \t"):
+            if any(_FORWARD_LINE.match(later) for later in lines[index + 1 :]):
+                return text  # what follows the signature is a message passed on
             return _unless_empty(text, lines[:index])
+    last = _next_nonblank(lines[::-1], 0)
+    if last is not None and lines[len(lines) - 1 - last] == "--":
+        return _unless_empty(text, lines[: len(lines) - 1 - last])
     return text
 
 
-# Banners mail systems put at the TOP of a message (anchored, one line each; a banner that
-# was wrapped continues until a line ends a sentence, see _strip_top_banners).
+# Banners mail systems put at the TOP of a message. Only their own wording counts, never a
+# label: "WARNING:" or "ATTENTION: external power lost" is how alarms start.
 _BANNERS = (
-    # Exchange/M365 transport rule: "CAUTION: This email originated from outside of the
-    # organization. Do not click links …"; also WARNING/ATTENTION/[EXTERNAL] variants.
+    # Exchange/M365 transport rules: "CAUTION: This email originated from outside of the
+    # organization. Do not click links …".
+    re.compile(r"originated from outside (?:of )?(?:the|your|our) organi[sz]ation", re.IGNORECASE),
+    # Such as "EXTERNAL EMAIL: This message came from outside the company."
     re.compile(
-        r"\s*\[?(?:CAUTION|WARNING|ATTENTION|NOTICE|EXTERNAL(?: E-?MAIL| SENDER| MESSAGE)?)\]?"
-        r"\s*[:!-][^\n]*\b(?:outside|external|originated)",
+        r"\b(?:This|The) (?:e-?mail|message) (?:came|comes|is|was sent) from outside"
+        r" (?:of )?(?:the|your|our) (?:organi[sz]ation|company)",
         re.IGNORECASE,
     ),
-    # "This email originated from outside your organisation" / "…is from an external sender".
-    re.compile(
-        r"\s*(?:This|The) (?:e-?mail|message) (?:originated|came|is|was sent) from"
-        r" (?:outside|an external)",
-        re.IGNORECASE,
-    ),
+    # Such as "[External Sender] Use caution when clicking links or opening attachments.",
+    # the phrase on either side of the advice.
+    re.compile(r"external sender\b.{0,200}?\b(?:click|links|attachments)", re.IGNORECASE),
+    re.compile(r"\b(?:click|links|attachments)\b.{0,200}?external sender", re.IGNORECASE),
+)
+# Words that a wrapped banner's continuation line is made of ("links or open attachments
+# unless you recognize the sender and know the content is safe.").
+_BANNER_CONTINUATION = re.compile(
+    r"\b(?:click|links?|attachments?|sender|content is safe|recogni[sz]e|caution|phishing"
+    r"|organi[sz]ation|company)\b",
+    re.IGNORECASE,
 )
 # M365 first-contact safety tip: "You don't often get email from x@y. Learn why this is
 # important", also the group variant "Some people who received this message don't …". Always
-# one line, without a full stop, so it never continues onto the next line like _BANNERS.
+# one line.
 _FIRST_CONTACT_TIP = re.compile(
     r"\s*(?:You|Some people who received this message) don['\u2019]t often get e-?mail from",
     re.IGNORECASE,
@@ -665,6 +706,8 @@ _EXTERNAL_TAG = re.compile(
 _SENTENCE_END = (".", "!", "?", ")", ">")
 _BANNER_MAX_LINES = 4
 _BANNER_MAX_COUNT = 5
+# Banner lines are tried only up to this length, so each regex search stays bounded.
+_BANNER_LINE_MAX = 1000
 
 
 def _strip_top_banners(text: str) -> str:
@@ -675,6 +718,10 @@ def _strip_top_banners(text: str) -> str:
         first = _next_nonblank(lines, start)
         if first is None:
             break
+        end = _banner_end(lines, first)  # before the tag goes: "[External Sender] …"
+        if end is not None:
+            start = end
+            continue
         tag = _EXTERNAL_TAG.match(lines[first])
         if tag:
             lines[first] = lines[first][tag.end() :]
@@ -684,19 +731,44 @@ def _strip_top_banners(text: str) -> str:
         if _FIRST_CONTACT_TIP.match(lines[first]):
             start = first + 1
             continue
-        if not any(banner.match(lines[first]) for banner in _BANNERS):
+        end = _banner_end(lines, first)
+        if end is None:
             break
-        # A wrapped banner continues while its lines do not end a sentence.
-        end = first + 1
-        while (
-            end < len(lines)
-            and end - first < _BANNER_MAX_LINES
-            and lines[end].strip()
-            and not lines[end - 1].rstrip().endswith(_SENTENCE_END)
-        ):
-            end += 1
         start = end
     return _unless_empty(text, lines[start:])
+
+
+def _banner_end(lines: list[str], first: int) -> int | None:
+    """Return the line after the banner starting at ``first``, or ``None`` if none does.
+
+    A banner phrase must start on the first line; it may be wrapped over the next lines
+    (then the banner ends with them). Past the phrase, a line that does not end a sentence
+    continues onto the next only if that line ends one and talks like a banner.
+    """
+    joined = ""
+    end = first
+    found = False
+    while end < len(lines) and end - first < _BANNER_MAX_LINES and lines[end].strip():
+        if len(lines[end]) > _BANNER_LINE_MAX:
+            break
+        following = (joined + " " + lines[end]).strip() if joined else lines[end]
+        if found:
+            if joined.rstrip().endswith(_SENTENCE_END):
+                break
+            line = lines[end].rstrip()
+            if not (line.endswith(_SENTENCE_END) and _BANNER_CONTINUATION.search(line)):
+                break
+        else:
+            match = next((m for b in _BANNERS if (m := b.search(following))), None)
+            if match is not None:
+                if match.start() >= len(lines[first]):
+                    return None  # the phrase is in a later line: the first one is text
+                found = True
+            elif following.rstrip().endswith(_SENTENCE_END):
+                return None
+        joined = following
+        end += 1
+    return end if found else None
 
 
 # Footers clients add as the last line(s) of what the person typed.
@@ -729,10 +801,11 @@ _FOOTERS = (
     # Gateway scanner stamps: "This email has been scanned for viruses by …"
     re.compile(r"\s*This (?:e-?mail|message) has been (?:scanned|checked)\b[^\n]*", re.IGNORECASE),
 )
-# The first line of a confidentiality disclaimer.
+# The first line of a confidentiality disclaimer. Not "IMPORTANT:", "LEGAL" or "This
+# message …" on their own: alarms are written like that.
 _DISCLAIMER_START = re.compile(
     r"\s*\**(?:"
-    r"(?:CONFIDENTIALITY|PRIVACY|LEGAL|IMPORTANT)(?: NOTICE| NOTE| STATEMENT| DISCLAIMER)?\s*[:-]"
+    r"(?:CONFIDENTIALITY|PRIVACY)(?: NOTICE| NOTE| STATEMENT| DISCLAIMER)?\s*[:-]"
     r"|(?:E-?MAIL )?DISCLAIMER\s*[:-]"  # "Disclaimer: …"
     r"|(?:PRIVILEGED|PRIVATE) (?:AND|&) CONFIDENTIAL"
     r"|This (?:e-?mail|message|communication|transmission)\b"  # "This email and any …"
@@ -743,23 +816,23 @@ _DISCLAIMER_START = re.compile(
     r")",
     re.IGNORECASE,
 )
-# A block only counts as a disclaimer if it talks like one.
-_DISCLAIMER_WORDS = (
-    "confidential",
-    "privileged",
-    "intended recipient",
-    "intended solely",
-    "intended only",
-    "in error",
-    "unauthorised",
-    "unauthorized",
-    "prohibited",
-    "addressee",
+# A block only counts as a disclaimer if it uses the legal phrases, which alarms do not:
+# "entry prohibited" or "the job ended in error" are not enough.
+_DISCLAIMER_PHRASES = re.compile(
+    r"intended recipient|named (?:addressee|recipient)"
+    r"|intended (?:only|solely|exclusively) for"
+    r"|received (?:this|it|the) (?:(?:e-?mail|message|communication|transmission) )?in error",
+    re.IGNORECASE,
 )
+_CONFIDENTIAL = re.compile(r"confidential", re.IGNORECASE)
+_CONFIDENTIAL_COMPANION = re.compile(
+    r"privileged|prohibited|unauthori[sz]ed|disclos", re.IGNORECASE
+)
+# Real disclaimers are long; a short line that merely sounds legal is kept.
+_DISCLAIMER_MIN_CHARS = 120
 # A heading left on its own once its text is gone: "CONFIDENTIALITY NOTICE:", "Disclaimer".
 _DISCLAIMER_HEADING = re.compile(
-    r"\s*\**(?:(?:CONFIDENTIALITY|LEGAL|IMPORTANT)(?: NOTICE| NOTE| STATEMENT)?|(?:E-?MAIL )?"
-    r"DISCLAIMER)\**\s*:?\s*",
+    r"\s*\**(?:CONFIDENTIALITY(?: NOTICE| NOTE| STATEMENT)?|(?:E-?MAIL )?DISCLAIMER)\**\s*:?\s*",
     re.IGNORECASE,
 )
 
@@ -768,9 +841,10 @@ def _strip_bottom_boilerplate(text: str) -> str:
     """Drop footers and confidentiality disclaimers from the end, repeatedly.
 
     A disclaimer block starts at a line matching ``_DISCLAIMER_START`` and runs to the end
-    (HTML mail often has no blank line before it); it is removed only when it mentions
-    what disclaimers mention and text remains above it. Each round removes lines, so the
-    whole scan is linear.
+    (HTML mail often has no blank line before it); it is removed only when it is at least
+    ``_DISCLAIMER_MIN_CHARS`` long, uses a legal phrase (``_DISCLAIMER_PHRASES``, or
+    "confidential" with "privileged"/"prohibited"/…) and text remains above it. Each
+    round removes lines, so the whole scan is linear.
     """
     lines = text.split("\n")
     end = len(lines)
@@ -797,11 +871,16 @@ def _disclaimer_start(lines: list[str], end: int) -> int | None:
         start -= 1
     if not _DISCLAIMER_START.match(lines[start]):
         return None
-    block = " ".join(lines[start:end])
+    block = " ".join(line.strip() for line in lines[start:end])
     if end - start == 1 and _DISCLAIMER_HEADING.fullmatch(block):
         return start
-    lowered = block.lower()
-    return start if any(word in lowered for word in _DISCLAIMER_WORDS) else None
+    if len(block) < _DISCLAIMER_MIN_CHARS:
+        return None
+    legal = _DISCLAIMER_PHRASES.search(block) is not None or (
+        _CONFIDENTIAL.search(block) is not None
+        and _CONFIDENTIAL_COMPANION.search(block) is not None
+    )
+    return start if legal else None
 
 
 # Applied in order to the decoded body, after the operator's Cleanup (see _shape). The
@@ -809,10 +888,10 @@ def _disclaimer_start(lines: list[str], end: int) -> int | None:
 # separate paragraphs while they look for blocks. GSM normalisation belongs to sms_text.
 _SHAPING_STEPS: tuple[Callable[[str], str], ...] = (
     _normalize_newlines,
+    _cut_signature,  # before _strip_trailing_spaces: the delimiter's space is what counts
     _strip_trailing_spaces,
     _cut_reply_history,
     _drop_trailing_quote,
-    _cut_signature,
     _strip_top_banners,
     _strip_bottom_boilerplate,
     _collapse_spaces,
@@ -821,11 +900,20 @@ _SHAPING_STEPS: tuple[Callable[[str], str], ...] = (
 )
 
 
-def _shape(text: str, cleanup: Cleanup = _NO_CLEANUP) -> str:
+# Steps a forwarded mail skips: below the forwarder's note (and signature) is the message
+# being passed on, which is what the mail is for.
+_HISTORY_STEPS = frozenset({_cut_signature, _cut_reply_history, _drop_trailing_quote})
+_FORWARD_STEPS = tuple(step for step in _SHAPING_STEPS if step not in _HISTORY_STEPS)
+# The mail's own Subject marks a forward: "FW:", "Fwd:", German "WG:", French "TR:", Spanish
+# "RV:", after any "[EXTERNAL]"-style tags.
+_FORWARDED_MAIL = re.compile(r"\s*(?:\[[^\]\n]{0,40}\]\s*)*(?:FWD?|WG|TR|RV)\s*:", re.IGNORECASE)
+
+
+def _shape(text: str, cleanup: Cleanup = _NO_CLEANUP, *, forwarded: bool = False) -> str:
     """Run the operator's Cleanup first (their markers beat the heuristics), then the steps."""
     if cleanup != _NO_CLEANUP:
         text = _apply_cleanup(_normalize_newlines(text), cleanup)
-    for step in _SHAPING_STEPS:
+    for step in _FORWARD_STEPS if forwarded else _SHAPING_STEPS:
         text = step(text)
     return text
 

@@ -311,7 +311,7 @@ def body_of(text: str) -> str:
             id="french-attribution",
         ),
         pytest.param(
-            "On my way\nOn Mon, Ann <a@b> wrote:\n> where are you",
+            "On my way\nOn Mon, 20 May 2024, Ann <a@b> wrote:\n> where are you",
             "On my way",
             id="reply-line-starting-with-on-is-kept",
         ),
@@ -365,10 +365,16 @@ def body_of(text: str) -> str:
             "> earlier point\nmy answer\n> later point\nsecond answer",
             id="inline-quotes-are-kept",
         ),
-        pytest.param("Sure\n\n> old\n> older", "Sure", id="trailing-quote"),
+        pytest.param("Sure\n\n> old\n> older", "Sure\n> old\n> older", id="trailing-quote-kept"),
+        pytest.param(
+            "Sure\n\n> On 20 May 2024, at 10:00, Ann <a@b> wrote:\n>\n> old",
+            "Sure",
+            id="trailing-quote-with-attribution",
+        ),
         pytest.param("> only a quote\n> still", "> only a quote\n> still", id="only-a-quote"),
         pytest.param("Call me\n-- \nAnn Example\nOps", "Call me", id="signature"),
-        pytest.param("Call me\n--\nAnn", "Call me", id="signature-without-space"),
+        pytest.param("Call me\n--\nAnn", "Call me\n--\nAnn", id="bare-dashes-are-text"),
+        pytest.param("Call me\n\n--\n", "Call me", id="bare-dashes-at-the-end"),
         pytest.param("-- \nonly a signature", "--\nonly a signature", id="only-a-signature"),
         pytest.param("Call me\n---\nAnn", "Call me\n---\nAnn", id="three-dashes-are-text"),
         pytest.param("Late\n\nSent from my iPhone", "Late", id="iphone"),
@@ -412,6 +418,11 @@ def body_of(text: str) -> str:
         pytest.param("[EXTERNAL]\nPump 3 failed", "Pump 3 failed", id="external-tag-line"),
         pytest.param("[EXTERNAL] Pump 3 failed", "Pump 3 failed", id="external-tag-prefix"),
         pytest.param(
+            "[External Sender] Use caution with links and attachments.\nPump 3 failed",
+            "Pump 3 failed",
+            id="external-sender-banner",
+        ),
+        pytest.param(
             "You don\u2019t often get email from a@example.com. Learn why this is important\n"
             "Pump 3 failed",
             "Pump 3 failed",
@@ -432,18 +443,25 @@ def body_of(text: str) -> str:
         ),
         pytest.param(
             "Pump 3 failed\n\nThis email and any attachments are confidential and intended "
-            "solely for the addressee.",
+            "solely for the addressee. If you have received this email in error, delete it.",
             "Pump 3 failed",
             id="disclaimer-paragraph",
         ),
         pytest.param(
-            "Pump 3 failed\nCONFIDENTIALITY NOTICE: The contents of this email are confidential.",
+            "Pump 3 failed\nCONFIDENTIALITY NOTICE: The contents of this email are confidential"
+            " and may be privileged. Any unauthorised use or disclosure is prohibited.",
             "Pump 3 failed",
             id="disclaimer-without-blank-line",
         ),
         pytest.param(
-            "Pump 3 failed\n\nDisclaimer:\n\nThe information contained in this e-mail may be "
-            "privileged.\nIf you have received it in error, delete it.",
+            "Pump 3 failed\nCONFIDENTIALITY NOTICE: The contents of this email are confidential.",
+            "Pump 3 failed\nCONFIDENTIALITY NOTICE: The contents of this email are confidential.",
+            id="short-disclaimer-stays",
+        ),
+        pytest.param(
+            "Pump 3 failed\n\nDisclaimer:\n\nThe information contained in this e-mail is "
+            "intended only for the named addressee and may be privileged.\nIf you have received "
+            "it in error, delete it.",
             "Pump 3 failed",
             id="disclaimer-heading-and-paragraphs",
         ),
@@ -463,7 +481,9 @@ def body_of(text: str) -> str:
             id="disclaimer-not-at-end-stays",
         ),
         pytest.param(
-            "Pump 3 failed\n\nSent from my iPhone\n\nThis email is confidential.",
+            "Pump 3 failed\n\nSent from my iPhone\n\nThis email and any attachments are "
+            "confidential and intended solely for the addressee. If you received this email in "
+            "error, delete it.",
             "Pump 3 failed",
             id="footer-then-disclaimer",
         ),
@@ -476,6 +496,108 @@ def body_of(text: str) -> str:
 )
 def test_removals(text: str, body: str) -> None:
     assert body_of(text) == body
+
+
+# Alarm and monitoring mails that look a little like banners, disclaimers, reply headers,
+# signatures or quotes: an alarm must arrive whole, so each comes out as it went in.
+ALARMS_THAT_MUST_ARRIVE_WHOLE = [
+    pytest.param(
+        "WARNING: Temperature outside limits\nRoom 3\nSensor 7\nValue 35C\nCall facilities now",
+        id="warning-outside-is-no-banner",
+    ),
+    pytest.param(
+        "ATTENTION: external power lost. Generator running.\nFuel 40%",
+        id="attention-external-is-no-banner",
+    ),
+    pytest.param(
+        "Fire in lab 2.\nIMPORTANT: entry to lab 2 prohibited until cleared by fire warden",
+        id="important-prohibited-is-no-disclaimer",
+    ),
+    pytest.param(
+        "Alarm zone 3\nIMPORTANT: evacuate, entry prohibited\nCall 000",
+        id="important-in-the-middle-is-no-disclaimer",
+    ),
+    pytest.param(
+        "Backup job nightly FAILED on db1\nThis message was sent because the job ended in error",
+        id="this-message-in-error-is-no-disclaimer",
+    ),
+    pytest.param(
+        "ALARM\nFrom: Panel 2\nDate: 2024-07-01 10:00\nSubject: Fire zone 3\n"
+        "Evacuate building B now",
+        id="date-header-lines-are-no-reply-history",
+    ),
+    pytest.param("ALARM zone 3\n--\nFire detected, evacuate", id="bare-dashes-are-no-signature"),
+    pytest.param(
+        "Reading from sensor:\n> 45C over limit\n> fan 2 stopped",
+        id="quote-without-attribution-stays",
+    ),
+    pytest.param(
+        "Status check complete.\nOn node 4 the watchdog wrote:\n> disk error on sda",
+        id="wrote-without-date-is-no-attribution",
+    ),
+]
+
+
+@pytest.mark.parametrize("text", ALARMS_THAT_MUST_ARRIVE_WHOLE)
+def test_alarms_arrive_whole(text: str) -> None:
+    assert body_of(text) == text
+
+
+FORWARDED_ALERT = (
+    "Please handle this asap\n\n____\nFrom: Monitoring\nSent: Monday\nTo: Ops\n"
+    "Subject: ALERT disk full srv1\n\nDisk full on srv1"
+)
+
+
+def forwarded_mail(subject: bytes, content_type: bytes, body: bytes) -> bytes:
+    return (
+        b"From: alice@example.com\r\nTo: sms@sms.example.com\r\nSubject: "
+        + subject
+        + b"\r\nMIME-Version: 1.0\r\nContent-Type: "
+        + content_type
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+@pytest.mark.parametrize(
+    "subject", [b"FW: ALERT disk full srv1", b"Fwd: ALERT", b"wg: ALERT", b"[EXTERNAL] TR: x"]
+)
+def test_forwarded_mail_keeps_what_it_forwards(subject: bytes) -> None:
+    raw = forwarded_mail(subject, b"text/plain; charset=utf-8", FORWARDED_ALERT.encode())
+    body = parse_mail(raw).body
+    assert body.startswith("Please handle this asap\n")
+    assert body.endswith("Subject: ALERT disk full srv1\nDisk full on srv1")
+
+
+def test_reply_history_is_still_cut_without_a_forward_subject() -> None:
+    raw = forwarded_mail(b"RE: FW: ALERT", b"text/plain; charset=utf-8", FORWARDED_ALERT.encode())
+    assert parse_mail(raw).body == "Please handle this asap"
+
+
+def test_forwarded_html_keeps_its_quoted_markup() -> None:
+    markup = (
+        b'<p>Please handle</p><div id="divRplyFwdMsg"><b>From:</b> Monitoring</div>'
+        b'<p>Disk full on srv1</p><div class="gmail_quote">Pump 3 failed</div>'
+    )
+    forwarded = parse_mail(forwarded_mail(b"Fwd: ALERT", b"text/html", markup)).body
+    assert forwarded == "Please handle\nFrom: Monitoring\nDisk full on srv1\nPump 3 failed"
+    replied = parse_mail(forwarded_mail(b"Re: ALERT", b"text/html", markup)).body
+    assert replied == "Please handle"
+
+
+def test_a_message_forwarded_below_a_signature_stays() -> None:
+    text = (
+        "Please check\n-- \nAnn\n\n---------- Forwarded message ---------\nFrom: Monitor\n"
+        "Date: Mon\nSubject: ALERT\nDisk full on srv1"
+    )
+    assert body_of(text) == text.replace("-- \n", "--\n").replace("\n\n", "\n")
+
+
+def test_signature_delimiter_needs_its_space() -> None:
+    """RFC 3676's "-- " is checked before trailing spaces are stripped."""
+    assert body_of("Pump 3 failed\n-- \nAnn") == "Pump 3 failed"
+    assert body_of("Pump 3 failed\n--\nAnn") == "Pump 3 failed\n--\nAnn"
 
 
 @pytest.mark.parametrize(
