@@ -798,3 +798,20 @@ async def test_an_account_error_for_some_numbers_holds_only_those():
         ("+61412345678", Outcome.SENT),
         ("+61498765432", Outcome.HELD),
     ]
+
+
+async def test_results_echoing_numbers_in_national_form_are_matched():
+    items = [
+        {"phoneNumber": "0412345678", "externalId": "mail2sms-1M8Q", "status": 0},
+        {"phoneNumber": "0498765432", "externalId": "mail2sms-1M8Q", "status": 0},
+    ]
+    body = {"data": items, "meta": {"sentSms": 2, "notSentSms": 0, "status": 200}}
+    results = await _mf_send(body, "+61412345678", "+61498765432")
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
+
+
+async def test_counts_saying_all_went_out_are_believed_over_odd_spellings():
+    items = [{"phoneNumber": "+61 4xx", "externalId": "mail2sms-1M8Q"}] * 2
+    body = {"data": items, "meta": {"sentSms": 2, "notSentSms": 0, "status": 200}}
+    results = await _mf_send(body, "+61412345678", "+61498765432")
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]

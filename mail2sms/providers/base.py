@@ -145,6 +145,22 @@ class ErrorRule:
         return self.pattern is None or re.search(self.pattern, message, re.IGNORECASE) is not None
 
 
+MIN_SUFFIX = 6  # national-form matching needs enough digits to be unambiguous
+
+
+def suffix_match(digits: str, numbers: Sequence[str]) -> str | None:
+    """Match a number a provider echoed in another form (national ``0412…``) to one of ours.
+
+    ``numbers`` are digits without ``+``; the echoed digits, without a trunk ``0``, must
+    end exactly one of them and be long enough to mean something.
+    """
+    national = digits.lstrip("0")
+    if len(national) < MIN_SUFFIX:
+        return None
+    found = [n for n in numbers if n.endswith(national)]
+    return found[0] if len(found) == 1 else None
+
+
 class Provider(abc.ABC):
     """An SMS provider: class attributes state its facts, ``send`` does one request.
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from mail2sms.models import LIST_PREFIX, AccountStatus, Outcome, RecipientResult, is_contact_list
-from mail2sms.providers.base import ErrorRule, HttpProvider, Verdict
+from mail2sms.providers.base import MIN_SUFFIX, ErrorRule, HttpProvider, Verdict, suffix_match
 
 if TYPE_CHECKING:
     from mail2sms.models import SmsBatch
@@ -121,7 +121,6 @@ _ACCEPTED = frozenset({"delivered", "enroute", "accepted"})
 _NOT_DELIVERED = re.compile(r"\b(not|un)\s*delivered", re.IGNORECASE)
 _STATUS_KEYS = ("customer_status", "status")
 _SEGMENT_SPLIT = re.compile(r"\s*(?:<br\s*/?>|\r?\n|;)\s*", re.IGNORECASE)
-_MIN_SUFFIX = 6  # national-form matching needs enough digits to be unambiguous
 
 
 def _digits(number: object) -> str:
@@ -167,15 +166,6 @@ def _item_ref(item: dict[str, Any]) -> str | None:
     return None
 
 
-def _suffix_match(to: str, numbers: list[str]) -> str | None:
-    """Older builds echo the national form (``0412…``); match it to one of our numbers."""
-    national = to.lstrip("0")
-    if len(national) < _MIN_SUFFIX:
-        return None
-    found = [n for n in numbers if n.endswith(national)]
-    return found[0] if len(found) == 1 else None
-
-
 def _about(number: str, message: str) -> str | None:
     """Find the line of a joined error text that names ``number`` (full or national form)."""
     segments = [s for s in _SEGMENT_SPLIT.split(message) if s]
@@ -183,7 +173,7 @@ def _about(number: str, message: str) -> str | None:
         seg_digits = re.findall(r"\d{6,}", segment)
         for found in seg_digits:
             if found == number or (
-                len(found.lstrip("0")) >= _MIN_SUFFIX and number.endswith(found.lstrip("0"))
+                len(found.lstrip("0")) >= MIN_SUFFIX and number.endswith(found.lstrip("0"))
             ):
                 return segment
     return None
@@ -354,7 +344,7 @@ class DataFlowsProvider(HttpProvider):
             return None
         if to in open_numbers:
             return to
-        return _suffix_match(to, open_numbers)
+        return suffix_match(to, open_numbers)
 
     def _failure(
         self, numbers: list[str], envelope: dict[str, Any], response: httpx.Response

@@ -19,7 +19,7 @@ import httpx
 
 from mail2sms.errors import ConfigError
 from mail2sms.models import AccountStatus, Outcome, RecipientResult
-from mail2sms.providers.base import HttpProvider, Verdict, parse_retry_after
+from mail2sms.providers.base import HttpProvider, Verdict, parse_retry_after, suffix_match
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -377,8 +377,9 @@ class MessageFlowProvider(HttpProvider):
         items = _items(envelope.get("data"))
         results: dict[str, RecipientResult] = {}
         for item in items:
-            number = _digits(item.get("phoneNumber", ""))
-            if number in numbers and number not in results:
+            echoed = _digits(item.get("phoneNumber", ""))
+            number = echoed if echoed in numbers else suffix_match(echoed, numbers)
+            if number is not None and number not in results:
                 results[number] = sent(number, item)
         named_any = any(_digits(item.get("phoneNumber", "")) for item in items)
         sent_count = _int(meta.get("sentSms"))
@@ -393,6 +394,9 @@ class MessageFlowProvider(HttpProvider):
             # [?] Items without phoneNumber (or no data at all) while the counts say
             # everything went out: believe the counts rather than resend every number.
             return {n: sent(n, {}) for n in numbers}
+        if sent_count == len(numbers) and not _int(meta.get("notSentSms")):
+            # every number went out, whatever spelling data[] used: never resend them
+            return {n: results.get(n) or sent(n, {}) for n in numbers}
 
         missing = [n for n in numbers if n not in results]
         if missing:
