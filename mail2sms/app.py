@@ -20,6 +20,7 @@ from mail2sms.delivery import Delivery
 from mail2sms.errors import InternalError, QueueError
 from mail2sms.log import get_logger
 from mail2sms.models import AccountStatus
+from mail2sms.notify import Notifier
 from mail2sms.providers import build_provider
 from mail2sms.providers.base import Provider
 from mail2sms.queue import AsyncQueue
@@ -44,6 +45,7 @@ class App:
         self.bouncer: Bouncer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self.notifier = Notifier()
         self.failed = asyncio.Event()
         """Set when a background task ended on its own: the daemon must exit and restart."""
 
@@ -92,6 +94,10 @@ class App:
         self.server = await start_server(
             self.handler, listen.host, listen.port, max_message_size=settings.smtp.max_message_size
         )
+        self.notifier.notify("READY=1", f"STATUS=listening on {listen.host}:{self.smtp_port}")
+        interval = self.notifier.watchdog_interval
+        if interval is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
         log.info(
             "smtp_listening",
             host=listen.host,
@@ -115,6 +121,13 @@ class App:
             clock=time.time,
             rng=random.random,
         )
+
+    async def _watchdog(self, interval: float) -> None:
+        """Ping systemd from the event loop: if the loop stalls, the pings stop."""
+        while not self._stopping.is_set():
+            self.notifier.notify("WATCHDOG=1")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def _prune_forever(self, queue: AsyncQueue) -> None:
         """Delete settled messages older than ``queue.retention``, at start and hourly."""
@@ -147,6 +160,7 @@ class App:
         grace = self.settings.delivery.shutdown_grace
         deadline = time.monotonic() + grace
         log.info("shutting_down", grace_s=grace)
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
         await self._stop_intake(grace)
         await self._stop_workers(max(0.0, deadline - time.monotonic()))
         if self.server is not None:
