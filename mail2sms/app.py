@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -17,7 +18,7 @@ from mail2sms import __version__
 from mail2sms.bounce import Bouncer, RelayClient
 from mail2sms.config import Settings
 from mail2sms.delivery import Delivery
-from mail2sms.errors import InternalError, QueueError
+from mail2sms.errors import ConfigError, InternalError, QueueError
 from mail2sms.log import get_logger
 from mail2sms.models import AccountStatus
 from mail2sms.notify import Notifier
@@ -143,6 +144,39 @@ class App:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), PRUNE_EVERY)
 
+    def reload(self, new: Settings) -> list[str]:
+        """Apply a re-read configuration without dropping a connection or a queued message.
+
+        The allowlist, gateway addresses, aliases, options, content rules, provider,
+        delivery and bounce settings take effect for the next transaction or send; what is
+        bound at start (listen address, size limit, queue file) needs a restart, and the
+        returned notes say so.
+        """
+        old = self.settings
+        notes = [
+            f"{key} changed: restart mail2sms to apply it"
+            for key, before, after in (
+                ("smtp.listen", old.smtp.listen, new.smtp.listen),
+                ("smtp.max_message_size", old.smtp.max_message_size, new.smtp.max_message_size),
+                ("queue.path", old.queue.path, new.queue.path),
+            )
+            if before != after
+        ]
+        if self.handler is not None:
+            self.handler.policy = Policy.from_settings(new)
+        if self.delivery is not None and self.client is not None:
+            if new.provider != old.provider:
+                self.provider = build_provider(new.provider, self.client)
+                self.delivery.use_provider(self.provider)
+            self.delivery.config = new.delivery
+        self.settings = new
+        if self.bouncer is not None and self.queue is not None:
+            self.bouncer.configure(self._build_bouncer(self.queue))
+        for note in new.warnings():
+            log.warning("config_warning", detail=note)
+        log.info("config_reloaded", restart_needed=notes)
+        return notes
+
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         """A background task must only end at stop; otherwise mail would pile up unsent."""
         if self._stopping.is_set():
@@ -217,16 +251,36 @@ async def check_account(settings: Settings) -> AccountStatus:
         return await build_provider(settings.provider, client).check_account()
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT)."""
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    reload: asyncio.Event | None = None,
+    load: Callable[[], Settings] | None = None,
+) -> None:
+    """Run until ``stop`` is set (SIGTERM/SIGINT); on ``reload`` (SIGHUP), ``load`` again.
+
+    A configuration that does not load is refused with an error log; the old one stays.
+    """
     app = App(settings)
+    reload = reload or asyncio.Event()
     try:
         await app.start()
-        stopped = asyncio.create_task(stop.wait())
-        failed = asyncio.create_task(app.failed.wait())
-        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        failed.cancel()
+        while not stop.is_set() and not app.failed.is_set():
+            waits = {asyncio.create_task(e.wait()) for e in (stop, app.failed, reload)}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
+                task.cancel()
+            if reload.is_set() and load is not None:
+                reload.clear()
+                try:
+                    app.reload(load())
+                except ConfigError as error:
+                    log.error(  # noqa: TRY400  the problems say it all; no traceback
+                        "reload_refused",
+                        problems=error.problems,
+                        detail="the old configuration stays",
+                    )
     finally:
         await app.stop()
     if app.failed.is_set():

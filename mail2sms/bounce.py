@@ -681,6 +681,15 @@ class Bouncer(QueueLoop):
         self.rng = rng
         self.lease = max(MIN_LEASE, 4 * relay.timeout) if relay is not None else MIN_LEASE
 
+    def configure(self, other: Bouncer) -> None:
+        """Take over a reloaded configuration's relay and addresses (``other`` is not run)."""
+        self.relay = other.relay
+        self.reporting_mta = other.reporting_mta
+        self.from_address = other.from_address
+        self.recipient_domain = other.recipient_domain
+        self.retry = other.retry
+        self.lease = other.lease
+
     async def _pass(self) -> None:
         """Send the bounces that are due, one after the other, then wait for more."""
         jobs = await self.queue.claim_bounces(now=self.clock(), lease=self.lease, limit=BATCH)

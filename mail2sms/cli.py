@@ -159,11 +159,12 @@ def cmd_serve(path: Path) -> int:
     log.configure()
 
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(settings, stop)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)  # systemctl reload
+        await serve(settings, stop, reload=reload, load=lambda: _load(path))
 
     try:
         asyncio.run(main())

@@ -77,12 +77,17 @@ class Delivery(QueueLoop):
         super().__init__()
         self.queue = queue
         self._on_failed = on_failed or (lambda: None)
-        self.provider = provider
         self.config = config
         self.clock = clock
         self.rng = rng
         self.lease = max(MIN_LEASE, request_timeout * 4)
         self._active: set[asyncio.Task[None]] = set()
+        self.limiter: TokenBucket | None = None
+        self.use_provider(provider)
+
+    def use_provider(self, provider: Provider) -> None:
+        """Send with ``provider`` from the next batch on (a reload may change it)."""
+        self.provider = provider
         rate = provider.requests_per_second
         self.limiter = TokenBucket.for_limit(rate) if rate else None
 

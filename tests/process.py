@@ -105,11 +105,19 @@ class Daemon:
         return int(self.wait_event("smtp_listening")["port"])
 
 
-def send(port: int, subject: str = "+61412345678", body: str = "Alarm: zone 3") -> str:
+def send(
+    port: int,
+    subject: str = "+61412345678",
+    body: str = "Alarm: zone 3",
+    *,
+    sender: str = ALLOWED,
+) -> str:
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.ehlo()
-        client.mail(ALLOWED)
+        code, reply = client.mail(sender)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, sender)
         client.rcpt(GATEWAY)
-        code, reply = client.data(make_mail(subject=subject, body=body))
+        code, reply = client.data(make_mail(sender=sender, subject=subject, body=body))
     assert code == 250, reply
     return reply.decode().rsplit(" ", 1)[1]

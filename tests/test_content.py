@@ -169,3 +169,19 @@ async def test_nothing_left_after_normalising_is_refused_not_sent_empty(make_set
     replies = await transaction(app.smtp_port, ALLOWED, [GATEWAY], make_mail(body="\u200b\ufeff"))
     assert replies[-1][0] == 550
     assert replies[-1][1].startswith("5.6.0 ")
+
+
+async def test_reload_swaps_the_provider_and_names_what_needs_a_restart(
+    make_settings, start_app, tmp_path
+):
+    app = await start_app(make_settings())
+    other = tmp_path / "other" / "outbox.jsonl"
+    new = make_settings(
+        provider={"kind": "outbox", "path": str(other)}, smtp={"listen": "127.0.0.1:2"}
+    )
+    notes = app.reload(new)
+    assert notes == ["smtp.listen changed: restart mail2sms to apply it"]
+    replies = await transaction(app.smtp_port, ALLOWED, [GATEWAY], make_mail(body="After reload"))
+    assert replies[-1][0] == 250
+    await poll(lambda: read_outbox(other))
+    assert [e["text"] for e in read_outbox(other)] == ["After reload"]

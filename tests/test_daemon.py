@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import signal
+import smtplib
 
 import pytest
-from conftest import TOKEN
+from conftest import ALLOWED, TOKEN
 from process import Daemon, send
 
 pytestmark = pytest.mark.slow
@@ -74,3 +75,27 @@ def test_logs_are_json_lines_and_never_contain_the_token_or_full_numbers(
     assert accepted["recipients"] == ["+614****5678"]
     assert all(isinstance(e, dict) for e in daemon.events)
     assert len(daemon.events) == len([line for line in daemon.raw if line.strip()])
+
+
+def test_sighup_reloads_the_allowlist_and_refuses_a_broken_config(config_file, daemons):
+    daemon = Daemon(config_file)
+    daemons.append(daemon)
+    port = daemon.port
+    with pytest.raises(smtplib.SMTPSenderRefused):
+        send(port, sender="bob@example.net")
+    original = config_file.read_text(encoding="utf-8")
+    config_file.write_text(
+        original.replace(f'allow = ["{ALLOWED}"]', f'allow = ["{ALLOWED}", "bob@example.net"]'),
+        encoding="utf-8",
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_event("config_reloaded")
+    send(port, sender="bob@example.net")  # 250 now, on the same listener
+
+    config_file.write_text(original + "\n[nonsense]\nkey = 1\n", encoding="utf-8")
+    daemon.proc.send_signal(signal.SIGHUP)
+    refused = daemon.wait_event("reload_refused")
+    assert any("nonsense" in p for p in refused["problems"])
+    send(port, sender="bob@example.net")  # the old (reloaded) configuration stays
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=15) == 0
