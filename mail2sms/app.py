@@ -132,8 +132,8 @@ class App:
 
     async def _prune_forever(self, queue: AsyncQueue) -> None:
         """Delete settled messages older than ``queue.retention``, at start and hourly."""
-        retention = self.settings.queue.retention
         while not self._stopping.is_set():
+            retention = self.settings.queue.retention  # a reload may change it
             try:
                 pruned = await queue.prune(before=time.time() - retention)
             except QueueError as exc:
