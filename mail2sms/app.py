@@ -20,6 +20,7 @@ from mail2sms.config import Settings
 from mail2sms.delivery import Delivery
 from mail2sms.errors import ConfigError, InternalError, QueueError
 from mail2sms.log import get_logger
+from mail2sms.metrics import Metrics, serve_metrics
 from mail2sms.models import AccountStatus
 from mail2sms.notify import Notifier
 from mail2sms.providers import build_provider
@@ -47,6 +48,8 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.notifier = Notifier()
+        self.metrics = Metrics()
+        self.metrics_server: asyncio.Server | None = None
         self.failed = asyncio.Event()
         """Set when a background task ended on its own: the daemon must exit and restart."""
 
@@ -56,6 +59,13 @@ class App:
         if self.server is None or not self.server.sockets:
             raise RuntimeError("the SMTP server is not listening")
         return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def metrics_port(self) -> int:
+        """The port ``/metrics`` is served on (``metrics.listen`` may say 0)."""
+        if self.metrics_server is None or not self.metrics_server.sockets:
+            raise RuntimeError("metrics are not served")
+        return int(self.metrics_server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         """Open and recover the queue, then start the workers, then listen."""
@@ -80,6 +90,7 @@ class App:
             config=settings.delivery,
             request_timeout=settings.provider.timeout,
             on_failed=self.bouncer.wake,
+            metrics=self.metrics,
         )
         self._tasks = [
             asyncio.create_task(self.delivery.run(), name="delivery"),
@@ -89,12 +100,20 @@ class App:
         for task in self._tasks:
             task.add_done_callback(self._task_ended)
         self.handler = GatewayHandler(
-            Policy.from_settings(settings), self.queue, on_queued=lambda _id: self._wake()
+            Policy.from_settings(settings),
+            self.queue,
+            on_queued=lambda _id: self._wake(),
+            metrics=self.metrics,
         )
         listen = settings.smtp.listen
         self.server = await start_server(
             self.handler, listen.host, listen.port, max_message_size=settings.smtp.max_message_size
         )
+        metrics_at = settings.metrics.listen
+        if metrics_at is not None:
+            self.metrics_server = await serve_metrics(
+                self.metrics, self.queue, metrics_at.host, metrics_at.port
+            )
         self.notifier.notify("READY=1", f"STATUS=listening on {listen.host}:{self.smtp_port}")
         interval = self.notifier.watchdog_interval
         if interval is not None:
@@ -121,6 +140,7 @@ class App:
             retry=settings.delivery,
             clock=time.time,
             rng=random.random,
+            metrics=self.metrics,
         )
 
     async def _watchdog(self, interval: float) -> None:
@@ -197,6 +217,9 @@ class App:
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         await self._stop_intake(grace)
         await self._stop_workers(max(0.0, deadline - time.monotonic()))
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            await self.metrics_server.wait_closed()
         if self.server is not None:
             await self.server.wait_closed()
         if self.client is not None:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from mail2sms.config import DeliveryConfig
+    from mail2sms.metrics import Metrics
     from mail2sms.queue import AsyncQueue
 
 log = get_logger(__name__)
@@ -669,8 +670,10 @@ class Bouncer(QueueLoop):
         retry: DeliveryConfig,
         clock: Callable[[], float],
         rng: Callable[[], float],
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
+        self.metrics = metrics
         self.queue = queue
         self.relay = relay
         self.reporting_mta = reporting_mta
@@ -725,6 +728,7 @@ class Bouncer(QueueLoop):
             await self._defer(job, str(exc), context)
         else:
             await self.queue.mark_bounce_sent(job.queue_id, now=self.clock())
+            self._count("sent")
             log.info("bounce_sent", **context, recipients=[f.number for f in job.failed])
 
     async def _defer(self, job: BounceJob, error: str, context: dict[str, object]) -> None:
@@ -740,8 +744,14 @@ class Bouncer(QueueLoop):
             rng=self.rng,
         )
         await self.queue.mark_bounce_retry(job.queue_id, now=now, at=now + delay, error=error)
+        self._count("deferred")
         log.warning("bounce_deferred", **context, retry_in_s=round(delay, 1), error=error)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.bounces.labels(outcome=outcome).inc()
 
     async def _drop(self, job: BounceJob, error: str, context: dict[str, object]) -> None:
         await self.queue.mark_bounce_dropped(job.queue_id, now=self.clock(), error=error)
+        self._count("dropped")
         log.error("bounce_dropped", **context, error=error)

@@ -415,6 +415,12 @@ class ContentConfig(Section):
         return markers
 
 
+class MetricsConfig(Section):
+    """Prometheus ``/metrics`` and ``/healthz``; off unless ``listen`` is set."""
+
+    listen: RelayAddress = None
+
+
 class QueueConfig(Section):
     """Where the durable queue lives."""
 
@@ -488,6 +494,7 @@ class Settings(BaseSettings):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     bounce: BounceConfig = Field(default_factory=BounceConfig)
     content: ContentConfig = Field(default_factory=ContentConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -21,6 +21,7 @@ from mail2sms.errors import (
 )
 from mail2sms.log import get_logger
 from mail2sms.loop import QueueLoop
+from mail2sms.metrics import Metrics
 from mail2sms.models import ClaimedJob, Outcome, RecipientResult, SmsBatch, is_contact_list
 from mail2sms.providers.base import Provider
 from mail2sms.queue import AsyncQueue
@@ -73,8 +74,10 @@ class Delivery(QueueLoop):
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         on_failed: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
+        self.metrics = metrics
         self.queue = queue
         self._on_failed = on_failed or (lambda: None)
         self.config = config
@@ -217,6 +220,9 @@ class Delivery(QueueLoop):
         ]
         held = [n for n in numbers if n in by_number and by_number[n].outcome is Outcome.HELD]
         retry = [n for n in numbers if n not in sent and n not in failed and n not in held]
+        self._count("sent", len(sent))
+        if self.metrics is not None:
+            self.metrics.latency.labels(provider=self.provider.name).observe(duration)
         if sent:
             await self.queue.mark_sent(
                 job.queue_id,
@@ -277,6 +283,7 @@ class Delivery(QueueLoop):
             rng=self.rng,
         )
         await self.queue.mark_retry(job.queue_id, numbers, now=now, at=now + delay, error=error)
+        self._count("deferred", len(numbers))
         log.warning(
             "sms_deferred",
             queue_id=job.queue_id,
@@ -287,10 +294,15 @@ class Delivery(QueueLoop):
             error=error,
         )
 
+    def _count(self, outcome: str, recipients: int) -> None:
+        if self.metrics is not None and recipients:
+            self.metrics.sms.labels(provider=self.provider.name, outcome=outcome).inc(recipients)
+
     async def _fail(self, job: ClaimedJob, numbers: Sequence[str], error: str, status: str) -> None:
         await self.queue.mark_failed(
             job.queue_id, numbers, now=self.clock(), error=error, status=status
         )
+        self._count("failed", len(numbers))
         self._on_failed()
         log.warning(
             "sms_failed",

@@ -754,6 +754,13 @@ class Queue:
                 jobs.append(_bounce_job(message, recipients, row))
         return jobs
 
+    def oldest_pending(self) -> float | None:
+        """When the oldest message that still has recipients to send was accepted."""
+        return self._earliest(
+            "SELECT MIN(received_at) FROM messages WHERE id IN (SELECT queue_id FROM"
+            " recipients WHERE state IN ('pending', 'inflight'))"
+        )
+
     def next_bounce_due(self) -> float | None:
         """When the earliest waiting bounce is due."""
         return self._earliest("SELECT MIN(next_attempt_at) FROM bounces WHERE state = 'pending'")
@@ -977,6 +984,10 @@ class AsyncQueue:
     async def claim_bounces(self, *, now: float, lease: float, limit: int) -> list[BounceJob]:
         """See ``Queue.claim_bounces``."""
         return await self._run(self._queue.claim_bounces, now=now, lease=lease, limit=limit)
+
+    async def oldest_pending(self) -> float | None:
+        """See ``Queue.oldest_pending``."""
+        return await self._run(self._queue.oldest_pending)
 
     async def next_bounce_due(self) -> float | None:
         """See ``Queue.next_bounce_due``."""

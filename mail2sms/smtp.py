@@ -31,6 +31,7 @@ from mail2sms.errors import (
 from mail2sms.log import get_logger
 from mail2sms.mail_address import ascii_domain, plain_address
 from mail2sms.mail_parse import Cleanup, header_block, parse_mail
+from mail2sms.metrics import Metrics
 from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget
 from mail2sms.queue import AsyncQueue
 from mail2sms.sms_text import check_length, measure, normalize, truncate
@@ -301,10 +302,12 @@ class GatewayHandler:
         *,
         on_queued: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.policy = policy
         self.queue = queue
         self.on_queued = on_queued
+        self.metrics = metrics
         self.clock = clock
         self.sessions: set[GatewaySMTP] = set()
         self.transactions = 0
@@ -324,8 +327,7 @@ class GatewayHandler:
             check_sender(self.policy, address, where="Sender")
             check_reverse_path(address)
         except MailRefusedError as refused:
-            log.info("smtp_refused", stage="MAIL", reply=refused.reply, peer=_peer(session))
-            return refused.reply
+            return self._refused("MAIL", refused.reply, session)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return OK_SENDER
@@ -347,13 +349,14 @@ class GatewayHandler:
         try:
             target = self.policy.rcpt(address)
         except MailRefusedError as refused:
-            log.info("smtp_refused", stage="RCPT", reply=refused.reply, peer=_peer(session))
-            return refused.reply
+            return self._refused("RCPT", refused.reply, session)
         if envelope.rcpt_tos:
             first = self.policy.rcpt(envelope.rcpt_tos[0])
             options = self.policy.options
             if options.get(target.address) != options.get(first.address):
                 log.info("smtp_deferred_recipient", address=address, peer=_peer(session))
+                if self.metrics is not None:
+                    self.metrics.refusal(OTHER_OPTIONS)
                 return OTHER_OPTIONS.format(address=f"<{address}>")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -386,8 +389,7 @@ class GatewayHandler:
                 build_message, raw, envelope.mail_from or "", targets, policy, self.clock()
             )
         except MailRefusedError as refused:
-            log.info("smtp_refused", stage="DATA", reply=refused.reply, peer=_peer(session))
-            return refused.reply
+            return self._refused("DATA", refused.reply, session)
         window = policy.duplicate_window
         since = message.received_at - window if window > 0 else None
         try:
@@ -405,6 +407,8 @@ class GatewayHandler:
             )
             return QUEUED.format(queue_id=queue_id)
         length = measure(message.text)
+        if self.metrics is not None:
+            self.metrics.accepted.inc()
         log.info(
             "message_accepted",
             queue_id=queue_id,
@@ -418,6 +422,13 @@ class GatewayHandler:
         if self.on_queued is not None:
             self.on_queued(queue_id)
         return QUEUED.format(queue_id=queue_id)
+
+    def _refused(self, stage: str, reply: str, session: Session) -> str:
+        """Log and count a refusal; return the reply for aiosmtpd to send."""
+        log.info("smtp_refused", stage=stage, reply=reply, peer=_peer(session))
+        if self.metrics is not None:
+            self.metrics.refusal(reply)
+        return reply
 
     async def handle_exception(self, error: Exception) -> str:
         """Anything unexpected is a temporary failure with no internals in the reply."""
