@@ -274,6 +274,11 @@ async def check_account(settings: Settings) -> AccountStatus:
         return await build_provider(settings.provider, client).check_account()
 
 
+async def check_relay(settings: Settings) -> None:
+    """Talk to ``bounce.relay`` as a bounce would, up to AUTH (``check-config --online``)."""
+    await RelayClient(settings.bounce, helo=settings.smtp.hostname).check()
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event,

@@ -502,7 +502,16 @@ class RelayClient:
     def _relay(self) -> str:
         return f"bounce relay {self._config.relay}"
 
-    def _send_sync(self, relay: HostPort, to: str, message: bytes) -> None:
+    async def check(self) -> None:
+        """Connect, EHLO, STARTTLS and AUTH as a send would, then QUIT (``--online``).
+
+        Raises the same ``RelayError`` a send would; sends nothing.
+        """
+        if self._config.relay is None:
+            raise ValueError("bounce.relay is not set: there is no relay to check")
+        await asyncio.to_thread(self._send_sync, self._config.relay, None, None)
+
+    def _send_sync(self, relay: HostPort, to: str | None, message: bytes | None) -> None:
         progress = _Progress()
         try:
             self._conversation(progress, relay, to, message)
@@ -514,7 +523,10 @@ class RelayClient:
             return
         raise error  # outside the except block: no smtplib exception as its context
 
-    def _conversation(self, progress: _Progress, relay: HostPort, to: str, message: bytes) -> None:
+    def _conversation(
+        self, progress: _Progress, relay: HostPort, to: str | None, message: bytes | None
+    ) -> None:
+        """One SMTP conversation; without ``to``/``message`` it ends after AUTH (a check)."""
         smtp = smtplib.SMTP(
             relay.host, relay.port, local_hostname=self._helo, timeout=self._config.timeout
         )
@@ -525,6 +537,9 @@ class RelayClient:
             if self._config.password is not None:
                 progress.stage = "AUTH"
                 self._login(smtp, self._config.password)
+            if to is None or message is None:
+                progress.stage = "QUIT"
+                return
             progress.stage = "MAIL FROM:<>"
             self._expect(progress.stage, smtp.mail(""), {250})
             progress.stage = f"RCPT TO:<{to}>"

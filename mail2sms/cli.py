@@ -28,6 +28,7 @@ from mail2sms.errors import (
     ProviderAccountError,
     ProviderError,
     QueueError,
+    RelayError,
 )
 from mail2sms.models import CANCELLED_BY_ADMIN
 
@@ -126,7 +127,7 @@ def cmd_check_config(path: Path, *, online: bool = False) -> int:
 
 def _check_online(settings: Settings) -> int:
     """A refused credential is a configuration error (78); an unreachable provider, 75."""
-    from mail2sms.app import check_account  # noqa: PLC0415  only --online needs the network
+    from mail2sms.app import check_account, check_relay  # noqa: PLC0415  only --online
 
     try:
         status = asyncio.run(check_account(settings))
@@ -143,6 +144,14 @@ def _check_online(settings: Settings) -> int:
     print(f"  account:  {status.detail}")
     if status.balance is not None:
         print(f"  balance:  {status.balance}")
+    if settings.bounce.relay is None:
+        return EX_OK
+    try:
+        asyncio.run(check_relay(settings))
+    except RelayError as error:
+        print(f"mail2sms: bounces cannot be sent now: {error}", file=sys.stderr)
+        return EX_TEMPFAIL
+    print(f"  bounces:  {settings.bounce.relay} accepts us (connect, EHLO, TLS and AUTH as set)")
     return EX_OK
 
 

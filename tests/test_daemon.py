@@ -6,8 +6,9 @@ import signal
 import smtplib
 
 import pytest
-from conftest import ALLOWED, TOKEN
+from conftest import ALLOWED, GATEWAY, TOKEN
 from process import Daemon, send
+from test_smtp import make_mail
 
 pytestmark = pytest.mark.slow
 
@@ -77,10 +78,15 @@ def test_logs_are_json_lines_and_never_contain_the_token_or_full_numbers(
     assert len(daemon.events) == len([line for line in daemon.raw if line.strip()])
 
 
-def test_sighup_reloads_the_allowlist_and_refuses_a_broken_config(config_file, daemons):
+def test_sighup_reloads_the_allowlist_and_refuses_a_broken_config(
+    config_file, fake_dataflows, daemons
+):
+    fake_dataflows.down = True  # a message waits in the queue across the reload
     daemon = Daemon(config_file)
     daemons.append(daemon)
     port = daemon.port
+    waiting = send(port, body="Queued before the reload")
+    daemon.wait_event("sms_deferred")
     with pytest.raises(smtplib.SMTPSenderRefused):
         send(port, sender="bob@example.net")
     original = config_file.read_text(encoding="utf-8")
@@ -88,9 +94,18 @@ def test_sighup_reloads_the_allowlist_and_refuses_a_broken_config(config_file, d
         original.replace(f'allow = ["{ALLOWED}"]', f'allow = ["{ALLOWED}", "bob@example.net"]'),
         encoding="utf-8",
     )
-    daemon.proc.send_signal(signal.SIGHUP)
-    daemon.wait_event("config_reloaded")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as connected:  # a client mid-session
+        connected.ehlo()
+        assert connected.mail(ALLOWED)[0] == 250
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_event("config_reloaded")
+        assert connected.rcpt(GATEWAY)[0] == 250  # the same connection carries on
+        assert connected.data(make_mail(subject="+61412345678", body="Mid-reload"))[0] == 250
     send(port, sender="bob@example.net")  # 250 now, on the same listener
+    fake_dataflows.down = False
+    sent = fake_dataflows.wait_for_sent(3, timeout=30)  # nothing queued was lost
+    assert {s.message for s in sent} >= {"Queued before the reload", "Mid-reload"}
+    assert waiting
 
     config_file.write_text(original + "\n[nonsense]\nkey = 1\n", encoding="utf-8")
     daemon.proc.send_signal(signal.SIGHUP)

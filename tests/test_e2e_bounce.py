@@ -188,3 +188,39 @@ async def test_queue_retry_on_the_running_daemon_sends_now(
 async def _last_error(app, queue_id: str):
     entry = await app.queue.get(queue_id)
     return entry if entry.recipients[0].last_error else None
+
+
+def online_config(tmp_path, relay_address: str, **bounce: str) -> str:
+    path = tmp_path / "online.toml"
+    extra = "".join(f'{k} = "{v}"\n' for k, v in bounce.items())
+    path.write_text(
+        f'[gateway]\naddresses = ["{GATEWAY}"]\n'
+        f'[provider]\nkind = "outbox"\npath = "{tmp_path / "outbox.jsonl"}"\n'
+        f'[bounce]\nrelay = "{relay_address}"\nstarttls = "never"\n{extra}',
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+async def test_check_config_online_checks_the_bounce_relay_up_to_auth(tmp_path, capsys):
+    async with RecordingRelay(auth={"bounces@example.com": "relay-pass-123"}) as relay:
+        config = online_config(
+            tmp_path, str(relay.address), user="bounces@example.com", password="relay-pass-123"
+        )
+        code = await asyncio.to_thread(main, ["check-config", "--online", "-c", config])
+        assert code == 0
+        assert [login.user for login in relay.logins] == ["bounces@example.com"]
+        assert relay.transactions == []  # nothing was sent
+    out = capsys.readouterr().out
+    assert "bounces:" in out
+    assert "relay-pass-123" not in out
+
+
+async def test_check_config_online_with_the_relay_down_exits_75(tmp_path, capsys):
+    async with RecordingRelay() as relay:
+        address = str(relay.address)
+    code = await asyncio.to_thread(
+        main, ["check-config", "--online", "-c", online_config(tmp_path, address)]
+    )
+    assert code == 75
+    assert "bounces cannot be sent now" in capsys.readouterr().err
