@@ -21,8 +21,6 @@ from __future__ import annotations
 import math
 import re
 import secrets
-import time
-from collections import deque
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
@@ -95,7 +93,6 @@ class FakeDataFlows(FakeHttpApi):
         self.rate_limit: int | None = None
         self.contact_lists: dict[str, list[str]] = {}  # group uid → numbers (digits)
         self._scheduled: list[SentSms] = []
-        self._hits: deque[float] = deque()
         self._uids: set[str] = set()
         super().__init__()
 
@@ -137,17 +134,9 @@ class FakeDataFlows(FakeHttpApi):
 
     def _throttle(self) -> Reply | None:
         """Laravel's ``throttle:api`` (runs before auth); stock drops the Retry-After header."""
-        if self.rate_limit is None:
+        wait = self.minute_window(self.rate_limit)
+        if wait is None:
             return None
-        now = time.monotonic()
-        with self._lock:
-            while self._hits and now - self._hits[0] >= 60:
-                self._hits.popleft()
-            if len(self._hits) < self.rate_limit:
-                self._hits.append(now)
-                return None
-            oldest = self._hits[0] if self._hits else now
-            wait = max(1, math.ceil(60 - (now - oldest)))
         if self.mode == "stock":
             return _error(200, MSG_THROTTLED)
         headers = {

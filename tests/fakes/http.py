@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,6 +88,7 @@ class FakeHttpApi:
         self._requests: list[RecordedRequest] = []
         self._sent: list[Any] = []
         self._failures: deque[Reply] = deque()
+        self._hits: deque[float] = deque()
         self._connections: set[socket.socket] = set()
         self.connections_opened = 0  # TCP connections accepted: keep-alive shows as fewer
         self.errors: list[str] = []  # exceptions inside the fake itself: a test bug, not an answer
@@ -165,6 +168,23 @@ class FakeHttpApi:
                     f"{len(self._sent)} sent, {len(self._requests)} requests (last: {recent}); "
                     f"errors: {self.errors}"
                 )
+
+    def minute_window(self, limit: int | None) -> int | None:
+        """Count a request; seconds to wait if more than ``limit`` came within a minute.
+
+        The sliding one-minute window Laravel's throttle and most APIs use; None: allowed.
+        """
+        if limit is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            while self._hits and now - self._hits[0] >= 60:
+                self._hits.popleft()
+            if len(self._hits) < limit:
+                self._hits.append(now)
+                return None
+            oldest = self._hits[0] if self._hits else now  # a limit of 0 refuses at once
+            return max(1, math.ceil(60 - (now - oldest)))
 
     def record_sent(self, item: Any) -> None:
         """Add to ``sent`` and wake the waiters (subclasses call it for each SMS)."""

@@ -17,11 +17,9 @@ per minute).
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fakes.http import FakeHttpApi, RecordedRequest, Reply, html_reply, json_reply
@@ -67,7 +65,6 @@ class FakeTextFlow(FakeHttpApi):
         self.price = 0.05
         self.packages: dict[str, int] = {"USA Canada": 2100, "UK": 500}
         self.rate_limit: int | None = None
-        self._hits: deque[float] = deque()
         super().__init__()
 
     # ---- the API ---------------------------------------------------------------------
@@ -89,17 +86,9 @@ class FakeTextFlow(FakeHttpApi):
 
     def _throttle(self) -> Reply | None:
         """[?] A 429 with Retry-After, as a well-behaved API would; none is documented."""
-        if self.rate_limit is None:
+        wait = self.minute_window(self.rate_limit)
+        if wait is None:
             return None
-        now = time.monotonic()
-        with self._lock:
-            while self._hits and now - self._hits[0] >= 60:
-                self._hits.popleft()
-            if len(self._hits) < self.rate_limit:
-                self._hits.append(now)
-                return None
-            oldest = self._hits[0] if self._hits else now
-            wait = max(1, math.ceil(60 - (now - oldest)))
         return _refuse(429, MSG_THROTTLED, {"Retry-After": str(wait)})
 
     def _authenticate(self, request: RecordedRequest, path: str) -> Reply | None:
