@@ -155,3 +155,12 @@ def daemons() -> Iterator[list[Any]]:
     yield started
     for daemon in started:
         daemon.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Any]:
+    """A real httpx client, for providers talking to a loopback fake."""
+    import httpx  # noqa: PLC0415
+
+    async with httpx.AsyncClient() as http:
+        yield http

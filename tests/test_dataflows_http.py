@@ -27,12 +27,6 @@ def fake():
         yield server
 
 
-@pytest.fixture
-async def client():
-    async with httpx.AsyncClient() as http:
-        yield http
-
-
 def provider(client, url, token=TOKEN, timeout=5.0):
     return DataFlowsProvider(client=client, token=token, base_url=url, timeout=timeout)
 

@@ -556,12 +556,6 @@ def fake():
         yield server
 
 
-@pytest.fixture
-async def client():
-    async with httpx.AsyncClient() as http:
-        yield http
-
-
 async def test_http_several_numbers_one_invalid(fake, client):
     fake.invalid_numbers.add(C[1:])
     results = await provider(client, fake.url).send(batch(A, C, B, text="Door open"))
