@@ -160,6 +160,40 @@ class Policy:
         return f"{local.lower()}{domain}" in self.allow or domain in self.allow
 
 
+@dataclass(frozen=True, slots=True)
+class Client:
+    """What the session knows about the submitting client, for the checks made at DATA.
+
+    Built once per transaction from aiosmtpd's ``Session`` so the pure ``build_message``
+    never touches the protocol object.
+    """
+
+    ip: str | None = None
+    """The peer's IP address (no port), or None when the transport has no address."""
+    helo: str = ""
+    """The name given in HELO/EHLO (for SPF's HELO identity)."""
+    user: str | None = None
+    """The SMTP AUTH user name, once the client has authenticated."""
+    trusted_network: bool = False
+    """The client's address is in ``senders.networks`` (may submit without AUTH)."""
+
+    @classmethod
+    def of(cls, session: Session) -> Client:
+        """Read the peer address, HELO name and AUTH identity off an aiosmtpd session."""
+        peer = getattr(session, "peer", None)
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        user = (
+            getattr(session, "auth_data", None)
+            if getattr(session, "authenticated", False)
+            else None
+        )
+        return cls(
+            ip=ip,
+            helo=str(getattr(session, "host_name", "") or ""),
+            user=str(user) if isinstance(user, str) else None,
+        )
+
+
 def check_sender(policy: Policy, address: str, *, where: str) -> None:
     """Refuse a sender that is not on the allowlist, saying which address and why."""
     if address in {"", "<>"}:  # aiosmtpd passes the null reverse-path as "<>"
@@ -255,8 +289,15 @@ def build_message(
     targets: Sequence[RcptTarget],
     policy: Policy,
     received_at: float,
+    *,
+    client: Client | None = None,
 ) -> NewMessage:
-    """Everything DATA decides, as one pure step (run off the event loop)."""
+    """Everything DATA decides, as one pure step (run off the event loop).
+
+    ``client`` says who submitted it (peer address, HELO, AUTH user), for the checks that
+    depend on the submitter rather than on the message.
+    """
+    client = client or Client()
     content = parse_mail(raw, policy.cleanup)
     check_not_automatic(content, policy)
     if not content.from_addresses:
@@ -386,7 +427,13 @@ class GatewayHandler:
         targets = [policy.rcpt(a) for a in envelope.rcpt_tos]
         try:
             message = await asyncio.to_thread(
-                build_message, raw, envelope.mail_from or "", targets, policy, self.clock()
+                build_message,
+                raw,
+                envelope.mail_from or "",
+                targets,
+                policy,
+                self.clock(),
+                client=Client.of(session),
             )
         except MailRefusedError as refused:
             return self._refused("DATA", refused.reply, session)
