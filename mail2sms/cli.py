@@ -165,7 +165,13 @@ def cmd_serve(path: Path) -> int:
     except ConfigError as error:
         _print_problems(path, error)
         return EX_CONFIG
-    log.configure()
+    log.configure(show_numbers=settings.log.show_numbers, level=settings.log.level)
+
+    def reload_settings() -> Settings:
+        """Re-read the file for SIGHUP; the log settings apply at once."""
+        new = _load(path)
+        log.configure(show_numbers=new.log.show_numbers, level=new.log.level)
+        return new
 
     async def main() -> None:
         stop, reload = asyncio.Event(), asyncio.Event()
@@ -173,7 +179,7 @@ def cmd_serve(path: Path) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)  # systemctl reload
-        await serve(settings, stop, reload=reload, load=lambda: _load(path))
+        await serve(settings, stop, reload=reload, load=reload_settings)
 
     try:
         asyncio.run(main())

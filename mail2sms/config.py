@@ -421,6 +421,22 @@ class MetricsConfig(Section):
     listen: RelayAddress = None
 
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class LogConfig(Section):
+    """What the log shows: phone numbers are masked unless the administrator opts in."""
+
+    show_numbers: bool = False
+    """Log full phone numbers (``+61412345678``) instead of ``+614****5678``."""
+    level: LogLevel = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
 class QueueConfig(Section):
     """Where the durable queue lives."""
 
@@ -495,6 +511,7 @@ class Settings(BaseSettings):
     bounce: BounceConfig = Field(default_factory=BounceConfig)
     content: ContentConfig = Field(default_factory=ContentConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @classmethod
     def settings_customise_sources(

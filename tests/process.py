@@ -86,17 +86,22 @@ class Daemon:
             self._cond.notify_all()
 
     def wait_event(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+        return self.wait_events(name, 1, timeout)[0]
+
+    def wait_events(self, name: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """The first ``count`` events called ``name``, waiting for them up to ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for event in self.events:
-                    if event.get("event") == name:
-                        return event
+                found = [event for event in self.events if event.get("event") == name]
+                if len(found) >= count:
+                    return found[:count]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.proc.poll() is not None:
                     err = self.proc.stderr.read() if self.proc.poll() is not None else ""
                     raise AssertionError(
-                        f"no {name!r} event; output so far:\n{''.join(self.raw)}\n{err}"
+                        f"{len(found)} of {count} {name!r} events; output so far:\n"
+                        f"{''.join(self.raw)}\n{err}"
                     )
                 self._cond.wait(min(remaining, 0.5))
 

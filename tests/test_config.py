@@ -299,3 +299,12 @@ def test_alias_names_that_are_numbers_or_malformed_are_refused(tmp_path, name):
     )
     with pytest.raises(ConfigError):
         load_config(write(tmp_path, text))
+
+
+def test_log_section_defaults_and_levels(tmp_path):
+    settings = load_config(write(tmp_path, MINIMAL + '[log]\nlevel = "WARNING"\n'))
+    assert settings.log.level == "warning"
+    assert settings.log.show_numbers is False
+    found = problems(write(tmp_path, MINIMAL + '[log]\nlevel = "loud"\nshow_number = true\n'))
+    assert any(p.startswith("log.level:") for p in found)
+    assert "log.show_number: unknown key" in found

@@ -114,3 +114,22 @@ def test_sighup_reloads_the_allowlist_and_refuses_a_broken_config(
     send(port, sender="bob@example.net")  # the old (reloaded) configuration stays
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(timeout=15) == 0
+
+
+def test_log_show_numbers_applies_on_reload(config_file, fake_dataflows, daemons):
+    daemon = Daemon(config_file)
+    daemons.append(daemon)
+    send(daemon.port, body="Masked")
+    first = daemon.wait_event("message_accepted")
+    assert first["recipients"] == ["+614****5678"]
+    config_file.write_text(
+        config_file.read_text(encoding="utf-8") + '\n[log]\nshow_numbers = true\nlevel = "INFO"\n',
+        encoding="utf-8",
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_event("config_reloaded")
+    send(daemon.port, body="Shown")
+    shown = daemon.wait_events("message_accepted", 2)
+    assert shown[-1]["recipients"] == ["+61412345678"]
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=15) == 0
