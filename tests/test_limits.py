@@ -33,9 +33,7 @@ def test_countries_default_to_the_gateway_region(au):
 
 def test_a_number_in_another_country_is_refused_naming_country_and_rule(au):
     error = refusal(au, GB_MOBILE)
-    assert error.text == (
-        f"{GB_MOBILE} is in GB; this gateway sends only to AU (limits.countries)"
-    )
+    assert error.text == (f"{GB_MOBILE} is in GB; this gateway sends only to AU (limits.countries)")
     assert error.rule == "limits.countries"
 
 
