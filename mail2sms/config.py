@@ -616,6 +616,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         loc = f"{loc}.from" if loc != "(top level)" else "from"
     kind = error["type"]
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"] and re.match(r"[a-z_]+\.[\w.-]+: ", message):
+        return message  # a check across sections names its key itself
     if kind == "extra_forbidden":
         return f"{loc}: unknown key"
     if kind == "missing":

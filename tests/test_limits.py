@@ -195,3 +195,18 @@ def test_an_alias_the_limits_refuse_is_a_config_error_naming_it(make_settings):
         gateway={"aliases": {"uk": [GB_MOBILE]}}, limits={"countries": ["AU", "GB"]}
     )
     assert settings.gateway.aliases == {"uk": [GB_MOBILE]}
+
+
+def test_check_config_names_the_alias_and_exits_78(tmp_path, capsys):
+    from mail2sms.cli import main  # noqa: PLC0415
+
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[gateway]\ndomains = ["sms.example.com"]\naliases = { uk = ["+447400123456"] }\n',
+        encoding="utf-8",
+    )
+    assert main(["check-config", "-c", str(path)]) == 78
+    assert capsys.readouterr().err.splitlines()[1] == (
+        "  - gateway.aliases.uk: +447400123456 is in GB; this gateway sends only to AU "
+        "(limits.countries)"
+    )
