@@ -6,10 +6,16 @@ refused at SMTP time, so the fake API sees requests for the allowed SMS only.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from aiosmtpd.smtp import Envelope, Session
 from conftest import ALLOWED, DOMAIN, GATEWAY, TOKEN, poll
 from structlog.testing import capture_logs
 from test_smtp import make_mail, transaction
+
+from mail2sms.queue import AsyncQueue
+from mail2sms.smtp import GatewayHandler, Policy
 
 pytestmark = pytest.mark.anyio
 
@@ -174,3 +180,34 @@ async def test_the_per_day_rate_counts_every_sender(make_settings, start_app, fa
         ),
     )
     await fake_dataflows.until_sent(2)
+
+
+async def _data(handler, *, sender: str, user: str | None, number: str) -> str:
+    """One DATA through the handler's hook, with an aiosmtpd session as AUTH leaves it."""
+    session = Session(asyncio.get_running_loop())
+    session.peer = ("127.0.0.1", 40000)
+    session.authenticated = user is not None
+    session.auth_data = user
+    envelope = Envelope()
+    envelope.mail_from = sender
+    envelope.rcpt_tos = [GATEWAY]
+    envelope.content = make_mail(sender=ALLOWED, subject=number, body=f"to {number}")
+    return str(await handler.handle_DATA(None, session, envelope))
+
+
+async def test_the_sender_key_is_the_auth_user_else_the_envelope_sender(make_settings, tmp_path):
+    settings = make_settings(limits={"per_sender_per_hour": 1})
+    queue = await AsyncQueue.open(tmp_path / "handler.sqlite3")
+    try:
+        handler = GatewayHandler(Policy.from_settings(settings), queue)
+        first, second, third, fourth = ALLOWED_NUMBERS[:4]
+        assert (await _data(handler, sender=ALLOWED, user="carol", number=first)).startswith("250 ")
+        # the same AUTH user with another envelope sender: one count
+        reply = await _data(handler, sender="bob@example.org", user="carol", number=second)
+        assert reply.startswith("451 4.7.1 carol has sent 1 SMS in the last hour")
+        # without AUTH, the envelope sender in lower case
+        assert (await _data(handler, sender=ALLOWED, user=None, number=third)).startswith("250 ")
+        reply = await _data(handler, sender=ALLOWED.upper(), user=None, number=fourth)
+        assert reply.startswith("451 4.7.1 alice@example.com has sent 1 SMS")
+    finally:
+        await queue.close()

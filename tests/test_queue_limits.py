@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -147,3 +148,26 @@ async def test_the_async_queue_passes_the_quota(path: Path) -> None:
             await queue.enqueue_unless_duplicate(msg(A, at=T0 + 1), since=None, quota=ALICE)
     finally:
         await queue.close()
+
+
+def test_two_connections_at_once_never_pass_more_than_the_limit(path: Path) -> None:
+    quota = Quota(sender_key="alice@example.com", per_sender_per_hour=10)
+    Queue(path).close()  # create the file and schema once
+    accepted: list[str] = []
+    refused: list[RateLimitedError] = []
+
+    def writer(offset: int) -> None:
+        with Queue(path, busy_timeout=30) as queue:
+            for i in range(10):
+                number = f"+614120{offset + i:05d}"
+                try:
+                    accepted.append(send(queue, number, at=T0 + i, quota=quota))
+                except RateLimitedError as error:
+                    refused.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n * 100,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (len(accepted), len(refused)) == (10, 10)
