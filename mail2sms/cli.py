@@ -120,6 +120,14 @@ def cmd_check_config(path: Path, *, online: bool = False) -> int:
         + (f" at {settings.provider.base_url}" if settings.provider.base_url else "")
     )
     print(f"  queue:    {settings.queue.path}")
+    limits = settings.limits
+    countries = limits.destinations(settings.gateway.default_region).countries
+    print(
+        f"  limits:   SMS to {', '.join(countries)}; {limits.max_recipients} numbers a message;"
+        f" {limits.per_sender_per_hour or 'no limit'}/h a sender,"
+        f" {limits.per_recipient_per_hour or 'no limit'}/h a number,"
+        f" {limits.per_day or 'no limit'} a day"
+    )
     for note in settings.warnings():
         print(f"  warning:  {note}")
     return _check_online(settings) if online else EX_OK

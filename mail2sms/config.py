@@ -38,6 +38,7 @@ from pydantic_settings import (
 
 from mail2sms.addressing import parse_numbers
 from mail2sms.errors import ConfigError, MailRefusedError
+from mail2sms.limits import Destinations, Quota
 from mail2sms.mail_address import ascii_domain, ascii_hostname, plain_address
 
 ENV_PREFIX = "MAIL2SMS_"
@@ -415,6 +416,53 @@ class ContentConfig(Section):
         return markers
 
 
+class LimitsConfig(Section):
+    """Anti-pumping limits, checked before a message is queued (see mail2sms.limits).
+
+    Counted in SMS recipients: one per destination number, one per contact list.
+    """
+
+    countries: list[str] = Field(default_factory=list)
+    """ISO 3166 codes SMS may go to; empty means only the country of gateway.default_region."""
+    max_recipients: int = Field(default=100, ge=1)
+    """Numbers per message (after aliases and the Subject are read); also caps RCPT TO."""
+    per_sender_per_hour: int = Field(default=200, ge=0)
+    """SMS one sender (the SMTP AUTH user, else the envelope sender) may queue in an hour."""
+    per_recipient_per_hour: int = Field(default=20, ge=0)
+    per_day: int = Field(default=2000, ge=0)
+    """SMS the whole gateway may queue in 24 hours; 0 turns a rate off."""
+
+    @field_validator("countries")
+    @classmethod
+    def _countries(cls, value: list[str]) -> list[str]:
+        countries: list[str] = []
+        for code in value:
+            region = code.strip().upper()
+            if region not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(
+                    f"{code!r} is not a country phonenumbers knows (an ISO 3166 code such as "
+                    "'AU'); list every country SMS may go to"
+                )
+            countries.append(region)
+        return list(dict.fromkeys(countries))
+
+    def destinations(self, default_region: str) -> Destinations:
+        """The destination rules, ``countries`` defaulting to ``default_region`` (one place)."""
+        return Destinations(
+            countries=tuple(self.countries or [default_region]),
+            max_recipients=self.max_recipients,
+        )
+
+    def quota(self, sender_key: str) -> Quota:
+        """The rates for one message from ``sender_key``."""
+        return Quota(
+            sender_key=sender_key,
+            per_sender_per_hour=self.per_sender_per_hour,
+            per_recipient_per_hour=self.per_recipient_per_hour,
+            per_day=self.per_day,
+        )
+
+
 class MetricsConfig(Section):
     """Prometheus ``/metrics`` and ``/healthz``; off unless ``listen`` is set."""
 
@@ -512,6 +560,7 @@ class Settings(BaseSettings):
     content: ContentConfig = Field(default_factory=ContentConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -532,6 +581,17 @@ class Settings(BaseSettings):
                 "gateway.contact_lists are DataFlows contact lists: they need "
                 f"provider.kind = 'dataflows' (not '{self.provider.kind}')"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _aliases_within_limits(self) -> Self:
+        """An alias the limits would refuse is a mistake to fix now, not a 550 every time."""
+        destinations = self.limits.destinations(self.gateway.default_region)
+        for name, numbers in self.gateway.aliases.items():
+            try:
+                destinations.check_message(numbers)
+            except MailRefusedError as exc:
+                raise ValueError(f"gateway.aliases.{name}: {exc.text}") from None
         return self
 
     def warnings(self) -> list[str]:
@@ -573,6 +633,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         loc = f"{loc}.from" if loc != "(top level)" else "from"
     kind = error["type"]
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"] and re.match(r"[a-z_]+\.[\w.-]+: ", message):
+        return message  # a check across sections names its key itself
     if kind == "extra_forbidden":
         return f"{loc}: unknown key"
     if kind == "missing":

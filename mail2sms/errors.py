@@ -14,7 +14,9 @@ reply to send, a provider error says whether to retry or bounce.
     │   ├── TooLongError             552 5.3.4 text or message too long
     │   ├── UnparseableMailError     554 5.6.0 the MIME structure could not be read
     │   ├── AutoReplyRefusedError    550 5.7.1 a bounce or automatic reply (no loops)
-    │   └── MailLoopError            554 5.4.6 too many Received headers
+    │   ├── MailLoopError            554 5.4.6 too many Received headers
+    │   └── LimitRefusedError        550 5.7.1 a [limits] rule: country, number type, count
+    │       └── RateLimitedError     451 4.7.1 a [limits] rate is used up: try again later
     ├── QueueError                   the durable queue failed
     │   ├── QueueUnavailableError    cannot commit now (disk, lock): 451 at SMTP time
     │   └── NotFoundError            no queue entry with that id
@@ -177,3 +179,30 @@ class BadSenderAddressError(MailRefusedError):
 
     code = 553
     status = "5.1.7"
+
+
+class LimitRefusedError(MailRefusedError):
+    """A ``[limits]`` rule refuses the message: a destination or too many numbers.
+
+    ``rule`` names what refused (``limits.countries``, a number type), for the log line an
+    administrator greps when a burst of refusals shows an SMS pumping attempt; ``count`` is
+    the figure that broke it (numbers in the message, SMS in the window), 0 when none.
+    """
+
+    code = 550
+    status = "5.7.1"
+
+    def __init__(self, text: str, *, rule: str, count: int = 0) -> None:
+        self.rule = rule
+        self.count = count
+        super().__init__(text)
+
+
+class RateLimitedError(LimitRefusedError):
+    """A ``[limits]`` rate (per sender, per recipient, per day) is used up for now.
+
+    4xx, so a mail server keeps the message and tries again once the window has moved on.
+    """
+
+    code = 451
+    status = "4.7.1"

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, ParamSpec, Self, TypeVar
 
 from mail2sms.errors import NotFoundError, QueueUnavailableError
+from mail2sms.limits import DAY, HOUR, Quota
 from mail2sms.models import (
     BounceJob,
     ClaimedJob,
@@ -65,7 +66,7 @@ __all__ = [
     "new_queue_id",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a writer waits for another connection's lock
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
@@ -128,7 +129,24 @@ _V3_COLUMNS = {"cancelled": "TEXT", "sms_type": "TEXT NOT NULL DEFAULT 'plain'"}
 _SCHEMA_V3 = """
 CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id, envelope_from);
 """
-_MIGRATIONS = {1: _SCHEMA, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+# Version 4: SMS queued per minute, by sender, by recipient and in all, for [limits] rates.
+# Stored here so the counts survive a restart and move in the transaction that queues.
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS usage (
+    scope  TEXT NOT NULL CHECK (scope IN ('sender', 'recipient', 'all')),
+    key    TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    count  INTEGER NOT NULL,
+    PRIMARY KEY (scope, key, minute)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_minute ON usage (minute);
+"""
+_MIGRATIONS = {1: _SCHEMA, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+_USED = "SELECT COALESCE(SUM(count), 0) FROM usage WHERE scope = ? AND key = ? AND minute > ?"
+_COUNT_USE = """
+INSERT INTO usage (scope, key, minute, count) VALUES (?, ?, ?, ?)
+ON CONFLICT (scope, key, minute) DO UPDATE SET count = count + excluded.count
+"""
 
 # Run after every change of recipient state: if nothing of the message is left to send,
 # stamp it finished and owe its sender one bounce when a recipient failed. Idempotent.
@@ -357,6 +375,40 @@ def _same_message(
     return None
 
 
+def _count_usage(
+    conn: sqlite3.Connection, quota: Quota, numbers: Sequence[str], now: float
+) -> None:
+    """Check ``quota`` against the SMS queued in the sliding windows, then count ``numbers``.
+
+    Minute buckets: a window is the last 60 (or 1440) whole minutes, so it slides a minute
+    at a time. Raises ``RateLimitedError`` before counting anything; the caller's rollback
+    covers the rest. Buckets older than a day are dropped on the way.
+    """
+    minute = int(now // 60)
+    hour_ago, day_ago = minute - int(HOUR // 60), minute - int(DAY // 60)
+    conn.execute("DELETE FROM usage WHERE minute <= ?", (day_ago,))
+
+    def used(scope: str, key: str, since: int, limit: int) -> int:
+        return int(conn.execute(_USED, (scope, key, since)).fetchone()[0]) if limit else 0
+
+    quota.check(
+        numbers,
+        sender_sent=used("sender", quota.sender_key, hour_ago, quota.per_sender_per_hour),
+        recipient_sent={
+            n: used("recipient", n, hour_ago, quota.per_recipient_per_hour) for n in numbers
+        },
+        day_sent=used("all", "", day_ago, quota.per_day),
+    )
+    conn.executemany(
+        _COUNT_USE,
+        [
+            ("sender", quota.sender_key, minute, len(numbers)),
+            ("all", "", minute, len(numbers)),
+            *(("recipient", n, minute, 1) for n in numbers),
+        ],
+    )
+
+
 def _require(conn: sqlite3.Connection, queue_id: str) -> None:
     if conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is None:
         raise NotFoundError(f"no queued message with id {queue_id}")
@@ -523,7 +575,7 @@ class Queue:
         return self.enqueue_unless_duplicate(message, since=None)[0]
 
     def enqueue_unless_duplicate(
-        self, message: NewMessage, *, since: float | None
+        self, message: NewMessage, *, since: float | None, quota: Quota | None = None
     ) -> tuple[str, bool]:
         """Like ``enqueue``, unless the very same message came after ``since``.
 
@@ -532,6 +584,11 @@ class Queue:
         same text to the same numbers, because a Message-ID alone is reused by devices and
         shared by the transactions a server splits one mail into. Returns the queue id (the
         earlier one for a duplicate) and whether it was a duplicate; one transaction.
+
+        With a ``quota``, the message is counted against the ``[limits]`` rates in the same
+        transaction (``RateLimitedError`` when over one, and nothing is stored or counted);
+        ``received_at`` is the time the sliding windows are measured from. A duplicate is
+        not counted: nothing more is sent for it.
         """
         numbers = list(dict.fromkeys(message.recipients))
         if not numbers:
@@ -542,6 +599,8 @@ class Queue:
                 earlier = _same_message(conn, message, numbers, since)
                 if earlier is not None:
                     return earlier, True
+            if quota is not None:
+                _count_usage(conn, quota, numbers, now)
             for _ in range(5):
                 queue_id = new_queue_id(now)
                 try:
@@ -921,10 +980,12 @@ class AsyncQueue:
         return await self._run(self._queue.enqueue, message)
 
     async def enqueue_unless_duplicate(
-        self, message: NewMessage, *, since: float | None
+        self, message: NewMessage, *, since: float | None, quota: Quota | None = None
     ) -> tuple[str, bool]:
         """See ``Queue.enqueue_unless_duplicate``."""
-        return await self._run(self._queue.enqueue_unless_duplicate, message, since=since)
+        return await self._run(
+            self._queue.enqueue_unless_duplicate, message, since=since, quota=quota
+        )
 
     async def recover(self, now: float) -> int:
         """See ``Queue.recover``."""

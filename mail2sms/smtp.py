@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,16 +19,18 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mail2sms import __version__
 from mail2sms.addressing import parse_numbers, parse_rcpt
-from mail2sms.config import AddressOptions, Settings, TextSource
+from mail2sms.config import AddressOptions, LimitsConfig, Settings, TextSource
 from mail2sms.errors import (
     AutoReplyRefusedError,
     BadSenderAddressError,
     EmptyTextError,
+    LimitRefusedError,
     MailLoopError,
     MailRefusedError,
     QueueError,
     SenderRefusedError,
 )
+from mail2sms.limits import Destinations
 from mail2sms.log import get_logger
 from mail2sms.mail_address import ascii_domain, plain_address
 from mail2sms.mail_parse import Cleanup, header_block, parse_mail
@@ -47,6 +50,10 @@ TEMPORARY_ERROR = "451 4.3.0 Temporary local problem, please try again later"
 QUEUE_UNAVAILABLE = "451 4.3.0 The message could not be stored, please try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
 TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
+TOO_MANY_RECIPIENTS = (
+    "452 4.5.3 Too many recipients: send to {address} in another message "
+    "(the limit is {limit} numbers per message)"
+)
 
 # aiosmtpd writes these itself, without enhanced codes; they are rewritten on the way out.
 _AIOSMTPD_TOO_BIG = (
@@ -106,6 +113,8 @@ class Policy:
     on_too_long: str = "reject"
     cleanup: Cleanup | None = None
     duplicate_window: float = 600.0
+    destinations: Destinations = field(default_factory=lambda: Destinations(countries=("AU",)))
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -133,6 +142,8 @@ class Policy:
                 cut_after=tuple(settings.content.cut_after),
             ),
             duplicate_window=settings.smtp.duplicate_window,
+            destinations=settings.limits.destinations(settings.gateway.default_region),
+            limits=settings.limits,
         )
 
     def rcpt(self, address: str) -> RcptTarget:
@@ -305,6 +316,7 @@ def build_message(
     for address in content.from_addresses:
         check_sender(policy, address, where="From address")
     recipients = resolve_recipients(targets, content, policy)
+    policy.destinations.check_message(recipients)
     options = next(
         (policy.options[t.address] for t in targets if t.address in policy.options), None
     )
@@ -351,6 +363,8 @@ class GatewayHandler:
         self.metrics = metrics
         self.clock = clock
         self.sessions: set[GatewaySMTP] = set()
+        # numbers the RCPTs of a transaction name so far (aiosmtpd makes a new Envelope each)
+        self._rcpt_numbers: weakref.WeakKeyDictionary[Envelope, int] = weakref.WeakKeyDictionary()
         self.transactions = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -385,12 +399,21 @@ class GatewayHandler:
 
         One message is sent one way: a recipient whose address options (route, sender ID,
         text source, length) differ from those already accepted gets 452, which makes the
-        client send it again in a transaction of its own.
+        client send it again in a transaction of its own; so does one that would take the
+        transaction over ``limits.max_recipients`` numbers (RFC 5321 4.5.3.1.10).
         """
         try:
             target = self.policy.rcpt(address)
+            for number in (target.number,) if target.number else target.numbers:
+                self.policy.destinations.check_number(number)
         except MailRefusedError as refused:
-            return self._refused("RCPT", refused.reply, session)
+            return self._refusal("RCPT", refused, session, sender=envelope.mail_from or "")
+        numbers = self._rcpt_numbers.get(envelope, 0) + max(1, len(target.numbers))
+        limit = self.policy.destinations.max_recipients
+        if envelope.rcpt_tos and numbers > limit:
+            return self._refused(
+                "RCPT", TOO_MANY_RECIPIENTS.format(address=f"<{address}>", limit=limit), session
+            )
         if envelope.rcpt_tos:
             first = self.policy.rcpt(envelope.rcpt_tos[0])
             options = self.policy.options
@@ -401,6 +424,7 @@ class GatewayHandler:
                 return OTHER_OPTIONS.format(address=f"<{address}>")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        self._rcpt_numbers[envelope] = numbers
         return OK_RECIPIENT
 
     async def handle_DATA(  # noqa: N802  aiosmtpd's hook name
@@ -425,6 +449,8 @@ class GatewayHandler:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         targets = [policy.rcpt(a) for a in envelope.rcpt_tos]
+        client = Client.of(session)
+        sender = client.user or (envelope.mail_from or "").lower()
         try:
             message = await asyncio.to_thread(
                 build_message,
@@ -433,14 +459,18 @@ class GatewayHandler:
                 targets,
                 policy,
                 self.clock(),
-                client=Client.of(session),
+                client=client,
             )
         except MailRefusedError as refused:
-            return self._refused("DATA", refused.reply, session)
+            return self._refusal("DATA", refused, session, sender=sender)
         window = policy.duplicate_window
         since = message.received_at - window if window > 0 else None
         try:
-            queue_id, duplicate = await self.queue.enqueue_unless_duplicate(message, since=since)
+            queue_id, duplicate = await self.queue.enqueue_unless_duplicate(
+                message, since=since, quota=policy.limits.quota(sender)
+            )
+        except LimitRefusedError as refused:  # a rate is used up: nothing was queued
+            return self._refusal("DATA", refused, session, sender=sender)
         except QueueError:
             log.exception("queue_unavailable", peer=_peer(session))
             return QUEUE_UNAVAILABLE
@@ -469,6 +499,24 @@ class GatewayHandler:
         if self.on_queued is not None:
             self.on_queued(queue_id)
         return QUEUED.format(queue_id=queue_id)
+
+    def _refusal(
+        self, stage: str, refused: MailRefusedError, session: Session, *, sender: str
+    ) -> str:
+        """A refusal from the exception tree; a ``[limits]`` one is logged as a warning.
+
+        A burst of ``limit_refused`` lines is what an SMS pumping attempt looks like.
+        """
+        if isinstance(refused, LimitRefusedError):
+            log.warning(
+                "limit_refused",
+                stage=stage,
+                rule=refused.rule,
+                sender=sender,
+                count=refused.count,
+                peer=_peer(session),
+            )
+        return self._refused(stage, refused.reply, session)
 
     def _refused(self, stage: str, reply: str, session: Session) -> str:
         """Log and count a refusal; return the reply for aiosmtpd to send."""

@@ -36,6 +36,7 @@ def test_check_config_ok_on_the_example(capsys):
     out = capsys.readouterr().out
     assert "OK" in out
     assert "outbox" in out
+    assert "limits:   SMS to AU; 100 numbers a message; 200/h a sender" in out
 
 
 def test_check_config_lists_problems_and_exits_78(tmp_path, capsys):

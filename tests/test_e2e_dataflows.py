@@ -112,7 +112,13 @@ async def test_150_recipients_go_in_requests_of_at_most_100(
     make_settings, start_app, fake_dataflows
 ):
     numbers = [f"+614{n:08d}" for n in range(12_000_000, 12_000_150)]
-    app = await start_app(make_settings(**dataflows(fake_dataflows), gateway={"max_parts": 3}))
+    app = await start_app(
+        make_settings(
+            **dataflows(fake_dataflows),
+            gateway={"max_parts": 3},
+            limits={"max_recipients": 150},  # above the default 100 per message
+        )
+    )
     replies = await transaction(
         app.smtp_port, ALLOWED, [GATEWAY], make_mail(subject=",".join(numbers))
     )

@@ -718,7 +718,8 @@ async def test_mail_in_sms_out_through_the_daemon(make_settings, start_app, fake
             "token": TOKEN,
             "application_key": APP_KEY,
             "timeout": 5,
-        }
+        },
+        limits={"countries": ["PL"]},  # MessageFlow is a Polish provider
     )
     app = await start_app(settings)
     replies = await transaction(

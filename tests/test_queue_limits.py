@@ -1,0 +1,173 @@
+"""The ``[limits]`` rates as the queue keeps them: a real SQLite file, explicit clocks."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pytest
+from test_queue import T0, A, B, C, msg
+
+from mail2sms.errors import LimitRefusedError, RateLimitedError
+from mail2sms.limits import Quota
+from mail2sms.queue import SCHEMA_VERSION, AsyncQueue, Queue
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+ALICE = Quota(sender_key="alice@example.com", per_sender_per_hour=3)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "queue.sqlite3"
+
+
+@pytest.fixture
+def queue(path: Path) -> Iterator[Queue]:
+    q = Queue(path)
+    yield q
+    q.close()
+
+
+def send(queue: Queue, *numbers: str, at: float = T0, quota: Quota = ALICE) -> str:
+    # a fresh Message-ID each time, so duplicate suppression never applies by accident
+    message = replace(msg(*numbers, at=at), message_id=f"<{at}-{numbers}@example.com>")
+    return queue.enqueue_unless_duplicate(message, since=at - 600, quota=quota)[0]
+
+
+def test_over_the_sender_rate_raises_and_stores_and_counts_nothing(queue: Queue) -> None:
+    send(queue, A, B)
+    with pytest.raises(RateLimitedError) as caught:
+        send(queue, A, B, at=T0 + 1)  # 2 + 2 > 3
+    assert caught.value.reply.startswith("451 4.7.1 alice@example.com has sent 2 SMS")
+    assert len(queue.entries()) == 1  # the refused message was rolled back
+    send(queue, C, at=T0 + 2)  # the refusal counted nothing: 2 + 1 fits
+    with pytest.raises(RateLimitedError, match="has sent 3 SMS"):
+        send(queue, C, at=T0 + 3)
+
+
+def test_each_sender_has_its_own_count(queue: Queue) -> None:
+    send(queue, A, B, C)
+    send(queue, A, quota=replace(ALICE, sender_key="bob@example.com"), at=T0 + 1)
+    with pytest.raises(RateLimitedError):
+        send(queue, A, at=T0 + 2)
+
+
+def test_counts_survive_closing_and_reopening_the_queue(path: Path) -> None:
+    with Queue(path) as queue:
+        send(queue, A, B, C)
+    with Queue(path) as queue, pytest.raises(RateLimitedError, match="has sent 3 SMS"):
+        send(queue, A, at=T0 + 60)
+
+
+def test_the_hour_slides_by_the_minute(queue: Queue) -> None:
+    send(queue, A, at=T0)
+    send(queue, B, C, at=T0 + 1800)
+    with pytest.raises(RateLimitedError):
+        send(queue, A, at=T0 + 3600 - 60)  # the first SMS is still within the hour
+    send(queue, A, at=T0 + 3600 + 60)  # now it is not
+    with pytest.raises(RateLimitedError, match="has sent 3 SMS"):
+        send(queue, B, at=T0 + 3600 + 120)
+
+
+def test_recipient_and_day_rates_and_pruning(queue: Queue, path: Path) -> None:
+    quota = Quota(sender_key="alice@example.com", per_recipient_per_hour=2, per_day=4)
+    send(queue, A, quota=quota)
+    send(queue, A, quota=quota, at=T0 + 60)
+    with pytest.raises(RateLimitedError, match=r"\+61412345678 has been sent 2 SMS"):
+        send(queue, A, B, quota=quota, at=T0 + 120)
+    send(queue, B, C, quota=quota, at=T0 + 3 * 3600)  # A's hour is over; 4 today
+    with pytest.raises(RateLimitedError, match="this gateway has sent 4 SMS in the last 24"):
+        send(queue, A, quota=quota, at=T0 + 4 * 3600)
+    send(queue, A, quota=quota, at=T0 + 86400 + 60)  # the first two SMS are a day old
+    conn = sqlite3.connect(path)
+    try:  # buckets older than a day were deleted on the way
+        minutes = [row[0] for row in conn.execute("SELECT minute FROM usage")]
+    finally:
+        conn.close()
+    assert min(minutes) > int(T0 // 60)
+
+
+def test_a_suppressed_duplicate_is_not_counted(queue: Queue) -> None:
+    first = queue.enqueue_unless_duplicate(msg(A, B), since=T0 - 600, quota=ALICE)
+    again = queue.enqueue_unless_duplicate(msg(A, B, at=T0 + 5), since=T0 - 595, quota=ALICE)
+    assert again == (first[0], True)
+    send(queue, C, at=T0 + 10)  # 2 + 1: the duplicate added nothing
+
+
+def test_a_message_larger_than_the_window_is_refused_for_good(queue: Queue) -> None:
+    with pytest.raises(LimitRefusedError) as caught:
+        send(queue, A, B, C, "+61412345671")
+    assert not isinstance(caught.value, RateLimitedError)
+    assert queue.entries() == []
+
+
+def test_without_a_quota_nothing_is_checked_or_counted(queue: Queue, path: Path) -> None:
+    for i in range(5):
+        queue.enqueue(msg(A, B, at=T0 + i))
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 0
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    finally:
+        conn.close()
+
+
+def test_a_version_3_queue_gets_the_usage_table(path: Path) -> None:
+    with Queue(path) as queue:
+        queue_id = queue.enqueue(msg(A))
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("DROP TABLE usage")
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    finally:
+        conn.close()
+    with Queue(path) as queue:
+        assert queue.get(queue_id).recipients[0].number == A
+        send(queue, A, B, C)
+        with pytest.raises(RateLimitedError):
+            send(queue, A)
+
+
+@pytest.mark.anyio
+async def test_the_async_queue_passes_the_quota(path: Path) -> None:
+    queue = await AsyncQueue.open(path)
+    try:
+        await queue.enqueue_unless_duplicate(msg(A, B, C), since=None, quota=ALICE)
+        with pytest.raises(RateLimitedError):
+            await queue.enqueue_unless_duplicate(msg(A, at=T0 + 1), since=None, quota=ALICE)
+    finally:
+        await queue.close()
+
+
+def test_two_connections_at_once_never_pass_more_than_the_limit(path: Path) -> None:
+    quota = Quota(sender_key="alice@example.com", per_sender_per_hour=10)
+    Queue(path).close()  # create the file and schema once
+    accepted: list[str] = []
+    refused: list[RateLimitedError] = []
+
+    def writer(offset: int) -> None:
+        with Queue(path, busy_timeout=30) as queue:
+            for i in range(10):
+                number = f"+614120{offset + i:05d}"
+                try:
+                    accepted.append(send(queue, number, at=T0 + i, quota=quota))
+                except RateLimitedError as error:
+                    refused.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n * 100,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (len(accepted), len(refused)) == (10, 10)
