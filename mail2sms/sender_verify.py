@@ -139,7 +139,7 @@ class _SpfQuery(spf.query):  # type: ignore[misc]  # pyspf is untyped
 
     def __init__(self, lookups: _Lookups, **kwargs: Any) -> None:  # noqa: ANN401
         super().__init__(**kwargs)
-        self.lookups = lookups
+        self.mail2sms_lookups = lookups  # pyspf's own ``lookups`` is its lookup counter
 
     def dns(
         self, name: str, qtype: str, cnames: object = None, *, ignore_void: bool = False
@@ -154,7 +154,7 @@ class _SpfQuery(spf.query):  # type: ignore[misc]  # pyspf is untyped
             records: list[str] = []
             if qtype != "SPF":  # type 99 is obsolete (RFC 7208 §3.1): not asked for
                 try:
-                    records = self.lookups.get(name, qtype)
+                    records = self.mail2sms_lookups.get(name, qtype)
                 except DnsError as exc:
                     raise spf.TempError(f"DNS {exc}") from None
             self.cache[key] = [_spf_value(qtype, r) for r in records]
@@ -382,16 +382,18 @@ class SenderVerifier:
 
         A trusted dmarc=fail refuses whatever else passed.
         """
-        passed: str | None = None
+        passed: list[str] = []
         for name, value in fields:
             if name != "authentication-results" or not self.trusted_authserv_ids:
                 continue
             authserv_id, results = parse_authentication_results(value)
             if authserv_id not in self.trusted_authserv_ids:
                 continue  # RFC 8601 §5: anyone can write one
-            for result in results:
-                passed = passed or _trusted_pass(authserv_id, result, domain)
-        return passed
+            for result in results:  # every one: a dmarc=fail anywhere refuses
+                verdict = _trusted_pass(authserv_id, result, domain)
+                if verdict is not None:
+                    passed.append(verdict)
+        return min(passed, key=lambda v: not v.startswith("dmarc"), default=None)
 
     def _own_checks(
         self, raw: bytes, domain: str, envelope_from: str, client_ip: str | None, helo: str
@@ -447,7 +449,7 @@ class _Checks:
         self.temporary: list[str] = []
 
     def _txt(self, name: bytes, timeout: float = 0) -> bytes | None:
-        """The first TXT record at ``name``, as dkimpy's ``dnsfunc``: TXT record at ``name``."""
+        """The first TXT record at ``name``, as dkimpy's ``dnsfunc`` wants it."""
         del timeout  # the deadline is the lookups'
         records = self.lookups.get(name.decode("ascii", "replace"), "TXT")
         return records[0].encode("utf-8") if records else None
@@ -473,7 +475,7 @@ class _Checks:
                 return f"dkim=pass header.d={signer}"
         return None
 
-    def _verify(self, message: Any, index: int, signer: str) -> bool:
+    def _verify(self, message: Any, index: int, signer: str) -> bool:  # noqa: ANN401  untyped
         try:
             if message.verify(idx=index, dnsfunc=self._txt):
                 return True
