@@ -54,6 +54,7 @@ __all__ = [
 # need ten lookups; most answer in milliseconds, a dead server costs one timeout each).
 _BUDGET_TIMEOUTS = 4
 _MIN_RSA_BITS = 1024  # RFC 8301: verifiers must not accept shorter keys
+_MAX_SIGNATURES = 8  # more is no real mail, and each costs a lookup and an RSA check
 Alignment = Literal["r", "s"]
 
 
@@ -460,7 +461,7 @@ class _Checks:
         signatures = [v for k, v in message.headers if k.lower() == b"dkim-signature"]
         if not signatures:
             self.failures.append("dkim=none")
-        for index, value in enumerate(signatures):
+        for index, value in enumerate(signatures[:_MAX_SIGNATURES]):
             try:
                 tags = dkim.util.parse_tag_value(value)
             except dkim.util.InvalidTagValueList:
