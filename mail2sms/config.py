@@ -7,6 +7,7 @@ raises ``ConfigError`` and the CLI decides what to print and which code to exit 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -315,6 +316,32 @@ class SendersConfig(Section):
     """Who may send: an exact address, or ``@domain`` for everyone at a domain."""
 
     allow: list[str] = Field(default_factory=list)
+    verify: Literal["none", "dmarc"] = "none"
+    """``dmarc``: an unauthenticated client's From domain must pass SPF or DKIM, aligned."""
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    """Authentication-Results headers believed, by authserv-id (the upstream MTA's name)."""
+    dns_servers: list[str] = Field(default_factory=list)
+    """Resolvers for the checks (IP addresses); empty means /etc/resolv.conf."""
+    dns_timeout: Duration = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _authserv_ids(cls, value: list[str]) -> list[str]:
+        ids = [item.strip().lower() for item in value]
+        if any(not re.fullmatch(r"[\x21-\x7e]+", item) or ";" in item for item in ids):
+            raise ValueError("an authserv-id is one word, e.g. 'mx.example.com'")
+        return ids
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers(cls, value: list[str]) -> list[str]:
+        servers = []
+        for item in value:
+            try:
+                servers.append(str(ipaddress.ip_address(item.strip())))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address, e.g. '127.0.0.53'") from None
+        return servers
 
     @field_validator("allow")
     @classmethod
@@ -599,6 +626,14 @@ class Settings(BaseSettings):
         notes = []
         if not self.senders.allow:
             notes.append("senders.allow is empty: every sender will be refused (550 5.7.1)")
+        if self.senders.verify == "none" and not _private_host(self.smtp.listen.host):
+            notes.append(
+                f"smtp.listen {self.smtp.listen} may be reachable from the internet and "
+                'senders.verify is "none": anyone can forge an allowed From line; '
+                'set senders.verify = "dmarc"'
+            )
+        if self.senders.trusted_authserv_ids and self.senders.verify == "none":
+            notes.append('senders.trusted_authserv_ids does nothing while senders.verify is "none"')
         if self.bounce.relay is None:
             notes.append("bounce.relay is empty: failed messages are logged, no bounce is sent")
         elif (
@@ -611,6 +646,17 @@ class Settings(BaseSettings):
                 'set bounce.starttls = "always"'
             )
         return notes
+
+
+def _private_host(host: str) -> bool:
+    """A loopback or private-range listen address (a LAN gateway); names count as public."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_private and not address.is_unspecified
 
 
 def _credential(key: str) -> str | None:

@@ -8,6 +8,8 @@ reply to send, a provider error says whether to retry or bounce.
     ├── MailRefusedError             refuse at SMTP time; carries code, enhanced status, text
     │   ├── RecipientRefusedError    550 5.1.1 not a gateway address, number or alias
     │   ├── SenderRefusedError       550 5.7.1 sender not allowed
+    │   ├── SenderUnverifiedError    550 5.7.1 From domain not verified (DMARC alignment)
+    │   ├── SenderCheckDeferredError 451 4.4.3 DNS failed while verifying the From domain
     │   ├── BadSenderAddressError    553 5.1.7 a sender address a bounce cannot go to
     │   ├── BadNumberError           550 5.1.3 no usable phone number
     │   ├── EmptyTextError           550 5.6.0 nothing to send
@@ -206,3 +208,24 @@ class RateLimitedError(LimitRefusedError):
 
     code = 451
     status = "4.7.1"
+
+
+class SenderUnverifiedError(MailRefusedError):
+    """``senders.verify = "dmarc"``: no SPF or DKIM pass aligned with the From domain.
+
+    The From line may be forged, so an unauthenticated client cannot spend SMS money with it.
+    """
+
+    status = "5.7.1"
+
+
+class SenderCheckDeferredError(MailRefusedError):
+    """A DNS lookup needed to verify the From domain failed (timeout, SERVFAIL): retry later.
+
+    RFC 3463 X.4.3 is "directory server failure", the code for a DNS server that could not
+    answer; the SPF/DKIM-specific codes of RFC 7372 (X.7.24 and others) name one method, and
+    this may be any of the lookups. Never a silent pass.
+    """
+
+    code = 451
+    status = "4.4.3"

@@ -37,6 +37,7 @@ from mail2sms.mail_parse import Cleanup, header_block, parse_mail
 from mail2sms.metrics import Metrics
 from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget
 from mail2sms.queue import AsyncQueue
+from mail2sms.sender_verify import Resolver, SenderVerifier
 from mail2sms.sms_text import check_length, measure, normalize, truncate
 
 log = get_logger(__name__)
@@ -115,11 +116,18 @@ class Policy:
     duplicate_window: float = 600.0
     destinations: Destinations = field(default_factory=lambda: Destinations(countries=("AU",)))
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    verifier: SenderVerifier | None = None
+    """Set when senders.verify = "dmarc": the From domain of unauthenticated mail is checked."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
-        """Copy what the handler needs out of the validated settings."""
+    def from_settings(cls, settings: Settings, *, resolver: Resolver | None = None) -> Policy:
+        """Copy what the handler needs out of the validated settings.
+
+        ``resolver`` answers the sender checks' DNS lookups instead of DNS (tests).
+        """
+        verify = settings.senders.verify == "dmarc"
         return cls(
+            verifier=SenderVerifier.from_config(settings.senders, resolver) if verify else None,
             hostname=settings.smtp.hostname,
             gateway_addresses=tuple(settings.gateway.addresses),
             gateway_domains=tuple(settings.gateway.domains),
@@ -315,6 +323,14 @@ def build_message(
         raise SenderRefusedError("The message has no From address; add a From header")
     for address in content.from_addresses:
         check_sender(policy, address, where="From address")
+    if policy.verifier is not None and not (client.user is not None or client.trusted_network):
+        policy.verifier.verify(
+            raw,
+            content.from_addresses,
+            envelope_from=envelope_from,
+            client_ip=client.ip,
+            helo=client.helo,
+        )
     recipients = resolve_recipients(targets, content, policy)
     policy.destinations.check_message(recipients)
     options = next(

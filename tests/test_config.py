@@ -308,3 +308,45 @@ def test_log_section_defaults_and_levels(tmp_path):
     found = problems(write(tmp_path, MINIMAL + '[log]\nlevel = "loud"\nshow_number = true\n'))
     assert any(p.startswith("log.level:") for p in found)
     assert "log.show_number: unknown key" in found
+
+
+@pytest.mark.parametrize(
+    ("listen", "verify", "warned"),
+    [
+        ("0.0.0.0:25", "none", True),
+        ("93.184.215.14:25", "none", True),
+        ("mail.example.com:25", "none", True),
+        ("192.168.1.2:25", "none", False),
+        ("127.0.0.1:2525", "none", False),
+        ("0.0.0.0:25", "dmarc", False),
+    ],
+)
+def test_an_internet_facing_listener_without_sender_verification_is_warned_about(
+    tmp_path, listen, verify, warned
+):
+    text = MINIMAL + f'[smtp]\nlisten = "{listen}"\n[senders]\nverify = "{verify}"\n'
+    notes = load_config(write(tmp_path, text)).warnings()
+    assert any('senders.verify is "none"' in n for n in notes) is warned
+
+
+def test_sender_verification_keys_are_read_and_checked(tmp_path):
+    text = MINIMAL + (
+        '[senders]\nverify = "dmarc"\ntrusted_authserv_ids = ["MX.Example.com"]\n'
+        'dns_servers = ["127.0.0.53", "::1"]\ndns_timeout = "2s"\n'
+    )
+    senders = load_config(write(tmp_path, text)).senders
+    assert (senders.verify, senders.trusted_authserv_ids) == ("dmarc", ["mx.example.com"])
+    assert (senders.dns_servers, senders.dns_timeout) == (["127.0.0.53", "::1"], 2.0)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, MINIMAL + '[senders]\ndns_servers = ["dns.example"]\n'))
+    assert caught.value.problems == [
+        "senders.dns_servers: 'dns.example' is not an IP address, e.g. '127.0.0.53'"
+    ]
+    with pytest.raises(ConfigError, match=r"senders\.verify"):
+        load_config(write(tmp_path, MINIMAL + '[senders]\nverify = "spf"\n'))
+
+
+def test_trusted_authserv_ids_without_verification_are_warned_about(tmp_path):
+    text = MINIMAL + '[senders]\ntrusted_authserv_ids = ["mx.example.com"]\n'
+    notes = load_config(write(tmp_path, text)).warnings()
+    assert any("trusted_authserv_ids does nothing" in n for n in notes)
