@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import signal
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--online",
         action="store_true",
         help="also ask the provider whether the credentials work (and show the balance)",
+    )
+    sub.add_parser(
+        "hash-password",
+        parents=[common],
+        help="read a password from stdin, print its hash for [[smtp.users]] password_hash",
     )
     queue = sub.add_parser("queue", parents=[common], help="inspect and manage queued messages")
     qsub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
@@ -155,6 +161,24 @@ def _check_online(settings: Settings) -> int:
     return EX_OK
 
 
+def cmd_hash_password() -> int:
+    """Print a ``password_hash`` for ``[[smtp.users]]``; the password never reaches argv.
+
+    On a terminal it is asked for without echo; otherwise the first line of stdin is it.
+    """
+    from mail2sms.passwords import hash_password  # noqa: PLC0415  only this command hashes
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("mail2sms: an empty password is not allowed", file=sys.stderr)
+        return EX_USAGE
+    print(hash_password(password))
+    return EX_OK
+
+
 def cmd_serve(path: Path) -> int:
     """Run in the foreground until SIGTERM or SIGINT."""
     from mail2sms import log  # noqa: PLC0415  only serve needs logging and the event loop
@@ -177,6 +201,9 @@ def cmd_serve(path: Path) -> int:
 
     try:
         asyncio.run(main())
+    except ConfigError as error:  # e.g. the TLS certificate changed after validation
+        _print_problems(path, error)
+        return EX_CONFIG
     except (QueueError, InternalError) as error:
         print(f"mail2sms: {error}", file=sys.stderr)
         return EX_TEMPFAIL if isinstance(error, QueueError) else EX_SOFTWARE
@@ -327,4 +354,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check_config(path, online=args.online)
     if args.command == "queue":
         return cmd_queue(path, args)
+    if args.command == "hash-password":
+        return cmd_hash_password()
     return EX_USAGE

@@ -14,7 +14,10 @@ reply to send, a provider error says whether to retry or bounce.
     │   ├── TooLongError             552 5.3.4 text or message too long
     │   ├── UnparseableMailError     554 5.6.0 the MIME structure could not be read
     │   ├── AutoReplyRefusedError    550 5.7.1 a bounce or automatic reply (no loops)
-    │   └── MailLoopError            554 5.4.6 too many Received headers
+    │   ├── MailLoopError            554 5.4.6 too many Received headers
+    │   ├── AuthRequiredError        530 5.7.0 senders.require_auth and the client has not logged in
+    │   ├── BadCredentialsError      535 5.7.8 AUTH with a wrong user name or password
+    │   └── AuthLockedError          454 4.7.0 AUTH refused for a while after repeated failures
     ├── QueueError                   the durable queue failed
     │   ├── QueueUnavailableError    cannot commit now (disk, lock): 451 at SMTP time
     │   └── NotFoundError            no queue entry with that id
@@ -177,3 +180,24 @@ class BadSenderAddressError(MailRefusedError):
 
     code = 553
     status = "5.1.7"
+
+
+class AuthRequiredError(MailRefusedError):
+    """``senders.require_auth``: this client must log in (AUTH) before it may send."""
+
+    code = 530
+    status = "5.7.0"
+
+
+class BadCredentialsError(MailRefusedError):
+    """AUTH failed: unknown user or wrong password (the reply never says which)."""
+
+    code = 535
+    status = "5.7.8"
+
+
+class AuthLockedError(MailRefusedError):
+    """Too many failed AUTH attempts from this client's address: it must wait."""
+
+    code = 454
+    status = "4.7.0"

@@ -8,18 +8,22 @@ message is committed to the queue. Nothing slow happens here: delivery is the wo
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
 
 from mail2sms import __version__
 from mail2sms.addressing import parse_numbers, parse_rcpt
+from mail2sms.auth import Lockout, authenticate
 from mail2sms.config import AddressOptions, Settings, TextSource
 from mail2sms.errors import (
+    AuthRequiredError,
     AutoReplyRefusedError,
     BadSenderAddressError,
     EmptyTextError,
@@ -33,6 +37,7 @@ from mail2sms.mail_address import ascii_domain, plain_address
 from mail2sms.mail_parse import Cleanup, header_block, parse_mail
 from mail2sms.metrics import Metrics
 from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget
+from mail2sms.passwords import PasswordHash, parse_hash
 from mail2sms.queue import AsyncQueue
 from mail2sms.sms_text import check_length, measure, normalize, truncate
 
@@ -47,6 +52,7 @@ TEMPORARY_ERROR = "451 4.3.0 Temporary local problem, please try again later"
 QUEUE_UNAVAILABLE = "451 4.3.0 The message could not be stored, please try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
 TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
+AUTH_OK = "235 2.7.0 Authentication successful"
 
 # aiosmtpd writes these itself, without enhanced codes; they are rewritten on the way out.
 _AIOSMTPD_TOO_BIG = (
@@ -79,6 +85,25 @@ class GatewaySMTP(SMTP):
             raw = TOO_BIG.format(limit=self.data_size_limit).encode("ascii")
         await super().push(raw)
 
+    async def auth_PLAIN(self, _: object, args: list[str]) -> AuthResult:  # noqa: N802
+        """The credentials are read by aiosmtpd, the check is awaited (see ``_verify``)."""
+        return await self._verify(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: object, args: list[str]) -> AuthResult:  # noqa: N802
+        """As ``auth_PLAIN``, with the user name and password asked for one by one."""
+        return await self._verify(await super().auth_LOGIN(_, args))
+
+    async def _verify(self, parsed: AuthResult) -> AuthResult:
+        """Check what ``_pass_credentials`` handed back, off the event loop."""
+        credentials = parsed.auth_data
+        if not isinstance(credentials, LoginPassword) or self.session is None:
+            return parsed  # aiosmtpd has already answered (bad base64, aborted)
+        try:
+            user = await self._gateway.authenticate(self.session, credentials)
+        except MailRefusedError as refused:
+            return AuthResult(success=False, handled=False, message=refused.reply)
+        return AuthResult(success=True, auth_data=user, message=AUTH_OK)
+
     def close_with(self, reply: str) -> None:
         """Say goodbye (e.g. 421 at shutdown) and close the connection."""
         transport = getattr(self, "transport", None)
@@ -106,6 +131,11 @@ class Policy:
     on_too_long: str = "reject"
     cleanup: Cleanup | None = None
     duplicate_window: float = 600.0
+    require_auth: bool = False
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    user_allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per ``[[smtp.users]]`` name: the senders it may use (empty: any)."""
+    user_hashes: Mapping[str, PasswordHash] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -133,6 +163,13 @@ class Policy:
                 cut_after=tuple(settings.content.cut_after),
             ),
             duplicate_window=settings.smtp.duplicate_window,
+            require_auth=settings.senders.require_auth,
+            networks=tuple(ipaddress.ip_network(n) for n in settings.senders.networks),
+            user_allow={user.name: tuple(user.allow) for user in settings.smtp.users},
+            user_hashes={
+                user.name: parse_hash(user.password_hash.get_secret_value())
+                for user in settings.smtp.users
+            },
         )
 
     def rcpt(self, address: str) -> RcptTarget:
@@ -146,18 +183,35 @@ class Policy:
         )
 
     def sender_allowed(self, address: str) -> bool:
-        """An exact address (case-insensitive) or ``@domain`` in senders.allow.
+        """An exact address (case-insensitive) or ``@domain`` in senders.allow."""
+        return address_listed(address, self.allow)
 
-        The domain is compared in its ASCII form, as the allowlist stores it.
-        """
-        local, at, domain = address.strip().rpartition("@")
-        if not at:
+    def in_networks(self, ip: str | None) -> bool:
+        """Whether a client address is in ``senders.networks`` (IPv4-mapped IPv6 too)."""
+        if ip is None or not self.networks:
             return False
         try:
-            domain = "@" + ascii_domain(domain).lower()
+            address = ipaddress.ip_address(ip.partition("%")[0])
         except ValueError:
             return False
-        return f"{local.lower()}{domain}" in self.allow or domain in self.allow
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
+def address_listed(address: str, allow: Sequence[str]) -> bool:
+    """An exact address (case-insensitive) or its ``@domain`` is in ``allow``.
+
+    The domain is compared in its ASCII form, as the config stores it.
+    """
+    local, at, domain = address.strip().rpartition("@")
+    if not at:
+        return False
+    try:
+        domain = "@" + ascii_domain(domain).lower()
+    except ValueError:
+        return False
+    return f"{local.lower()}{domain}" in allow or domain in allow
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,9 +231,17 @@ class Client:
     trusted_network: bool = False
     """The client's address is in ``senders.networks`` (may submit without AUTH)."""
 
+    @property
+    def trusted(self) -> bool:
+        """Logged in, or in ``senders.networks``: not subject to ``senders.allow``."""
+        return self.user is not None or self.trusted_network
+
     @classmethod
-    def of(cls, session: Session) -> Client:
-        """Read the peer address, HELO name and AUTH identity off an aiosmtpd session."""
+    def of(cls, session: Session, policy: Policy | None = None) -> Client:
+        """Read the peer address, HELO name and AUTH identity off an aiosmtpd session.
+
+        ``auth_data`` is the user name ``GatewaySMTP`` stores after a good AUTH.
+        """
         peer = getattr(session, "peer", None)
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else None
         user = (
@@ -190,16 +252,37 @@ class Client:
         return cls(
             ip=ip,
             helo=str(getattr(session, "host_name", "") or ""),
-            user=str(user) if isinstance(user, str) else None,
+            user=user if isinstance(user, str) else None,
+            trusted_network=policy is not None and policy.in_networks(ip),
         )
 
 
-def check_sender(policy: Policy, address: str, *, where: str) -> None:
-    """Refuse a sender that is not on the allowlist, saying which address and why."""
+def check_sender(policy: Policy, address: str, *, where: str, client: Client | None = None) -> None:
+    """Refuse a sender this client may not use, saying which address and why.
+
+    A logged-in user may use any address, or only those on its own ``allow``; a client in
+    ``senders.networks`` any address; everyone else must log in (``require_auth``) or
+    use an address on ``senders.allow``.
+    """
+    client = client or Client()
     if address in {"", "<>"}:  # aiosmtpd passes the null reverse-path as "<>"
         raise AutoReplyRefusedError(
             "Mail with an empty sender (a bounce or automatic reply) is not accepted: "
             "this gateway sends SMS only for people and systems that write to it"
+        )
+    if client.user is not None:
+        allow = policy.user_allow.get(client.user, ())
+        if allow and not address_listed(address, allow):
+            raise SenderRefusedError(
+                f"{where} <{address}> is not an address user {client.user} may send as; "
+                "send from one of that user's addresses or ask the administrator to add it"
+            )
+        return
+    if client.trusted_network:
+        return
+    if policy.require_auth:
+        raise AuthRequiredError(
+            "Authentication required: log in (AUTH, after STARTTLS) to send through this gateway"
         )
     if not policy.sender_allowed(address):
         raise SenderRefusedError(
@@ -303,7 +386,7 @@ def build_message(
     if not content.from_addresses:
         raise SenderRefusedError("The message has no From address; add a From header")
     for address in content.from_addresses:
-        check_sender(policy, address, where="From address")
+        check_sender(policy, address, where="From address", client=client)
     recipients = resolve_recipients(targets, content, policy)
     options = next(
         (policy.options[t.address] for t in targets if t.address in policy.options), None
@@ -344,8 +427,13 @@ class GatewayHandler:
         on_queued: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        lockout: Lockout | None = None,
     ) -> None:
         self.policy = policy
+        self.tls_context = tls_context
+        """Offered for STARTTLS to connections made from now on (a reload may replace it)."""
+        self.lockout = lockout or Lockout()
         self.queue = queue
         self.on_queued = on_queued
         self.metrics = metrics
@@ -365,7 +453,8 @@ class GatewayHandler:
     ) -> str:
         """Refuse a sender that is not allowed before it sends anything else."""
         try:
-            check_sender(self.policy, address, where="Sender")
+            client = Client.of(session, self.policy)
+            check_sender(self.policy, address, where="Sender", client=client)
             check_reverse_path(address)
         except MailRefusedError as refused:
             return self._refused("MAIL", refused.reply, session)
@@ -433,7 +522,7 @@ class GatewayHandler:
                 targets,
                 policy,
                 self.clock(),
-                client=Client.of(session),
+                client=Client.of(session, policy),
             )
         except MailRefusedError as refused:
             return self._refused("DATA", refused.reply, session)
@@ -477,8 +566,42 @@ class GatewayHandler:
             self.metrics.refusal(reply)
         return reply
 
+    async def handle_EHLO(  # noqa: N802  aiosmtpd's hook name
+        self,
+        _server: SMTP,
+        session: Session,
+        _envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """Offer AUTH only when there are users to log in as."""
+        session.host_name = hostname
+        if self.policy.user_hashes:
+            return responses
+        return [line for line in responses if not line.startswith("250-AUTH")]
+
+    async def authenticate(self, session: Session, credentials: LoginPassword) -> str:
+        """The user name for good credentials; BadCredentialsError or AuthLockedError."""
+        peer = getattr(session, "peer", None)
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        try:
+            return await authenticate(
+                credentials.login,
+                credentials.password,
+                users=self.policy.user_hashes,
+                lockout=self.lockout,
+                client=ip,
+                peer=_peer(session),
+            )
+        except MailRefusedError as refused:
+            self._refused("AUTH", refused.reply, session)
+            raise
+
     async def handle_exception(self, error: Exception) -> str:
         """Anything unexpected is a temporary failure with no internals in the reply."""
+        if isinstance(error, TLSSetupException):  # not TLS after STARTTLS: that session ends
+            log.info("smtp_tls_failed", error=str(error.__cause__ or error)[:200])
+            return TEMPORARY_ERROR
         log.error("smtp_exception", error_type=type(error).__name__, exc_info=error)
         return TEMPORARY_ERROR
 
@@ -496,6 +619,16 @@ class GatewayHandler:
             session.close_with(reply)
 
 
+def _pass_credentials(
+    _server: SMTP, _session: Session, _envelope: Envelope, _mechanism: str, data: object
+) -> AuthResult:
+    """The authenticator aiosmtpd calls synchronously: it only hands the credentials on.
+
+    The check runs in ``GatewaySMTP._verify``, where it can be awaited in a thread.
+    """
+    return AuthResult(success=False, handled=False, auth_data=data)
+
+
 def _peer(session: Session) -> str:
     peer = getattr(session, "peer", None)
     if isinstance(peer, tuple) and len(peer) >= 2:  # noqa: PLR2004  (host, port, ...)
@@ -504,9 +637,18 @@ def _peer(session: Session) -> str:
 
 
 async def start_server(
-    handler: GatewayHandler, host: str, port: int, *, max_message_size: int
+    handler: GatewayHandler,
+    host: str,
+    port: int,
+    *,
+    max_message_size: int,
+    implicit_tls: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
-    """Listen inside the running event loop (not aiosmtpd's threaded Controller)."""
+    """Listen inside the running event loop (not aiosmtpd's threaded Controller).
+
+    With ``implicit_tls`` every connection starts with a TLS handshake (port 465 style).
+    Each connection reads the handler's current certificate and policy when it is made.
+    """
     loop = asyncio.get_running_loop()
 
     def factory() -> GatewaySMTP:
@@ -517,7 +659,10 @@ async def start_server(
             data_size_limit=max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
+            tls_context=None if implicit_tls else handler.tls_context,
+            auth_require_tls=not implicit_tls,
+            authenticator=_pass_credentials,
             loop=loop,
         )
 
-    return await loop.create_server(factory, host=host, port=port)
+    return await loop.create_server(factory, host=host, port=port, ssl=implicit_tls)
