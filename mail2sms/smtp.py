@@ -600,7 +600,8 @@ class GatewayHandler:
     async def handle_exception(self, error: Exception) -> str:
         """Anything unexpected is a temporary failure with no internals in the reply."""
         if isinstance(error, TLSSetupException):  # not TLS after STARTTLS: that session ends
-            log.info("smtp_tls_failed", error=str(error.__cause__ or error)[:200])
+            cause = error.__cause__ or error
+            log.info("smtp_tls_failed", error=f"{type(cause).__name__}: {cause}"[:200])
             return TEMPORARY_ERROR
         log.error("smtp_exception", error_type=type(error).__name__, exc_info=error)
         return TEMPORARY_ERROR
