@@ -126,6 +126,12 @@ def cmd_check_config(path: Path, *, online: bool = False) -> int:
         + (f" at {settings.provider.base_url}" if settings.provider.base_url else "")
     )
     print(f"  queue:    {settings.queue.path}")
+    smtp = settings.smtp
+    if smtp.tls_cert is not None:
+        implicit = f"; implicit TLS on {smtp.tls_listen}" if smtp.tls_listen else ""
+        print(f"  tls:      STARTTLS with {smtp.tls_cert}{implicit}")
+    if smtp.users:  # names only: the hashes are secrets
+        print(f"  users:    {', '.join(user.name for user in smtp.users)}")
     for note in settings.warnings():
         print(f"  warning:  {note}")
     return _check_online(settings) if online else EX_OK
@@ -208,9 +214,8 @@ def cmd_serve(path: Path) -> int:
         print(f"mail2sms: {error}", file=sys.stderr)
         return EX_TEMPFAIL if isinstance(error, QueueError) else EX_SOFTWARE
     except OSError as error:
-        print(
-            f"mail2sms: cannot listen on {settings.smtp.listen}: {error.strerror}", file=sys.stderr
-        )
+        where = " or ".join(str(a) for a in (settings.smtp.listen, settings.smtp.tls_listen) if a)
+        print(f"mail2sms: cannot listen on {where}: {error.strerror}", file=sys.stderr)
         return EX_FAILURE
     return EX_OK
 

@@ -61,12 +61,31 @@ _AIOSMTPD_TOO_BIG = (
 )
 
 
+class _GatewaySession(Session):
+    """aiosmtpd's session without its deprecated ``login_data``.
+
+    aiosmtpd sets ``login_data`` after every good AUTH and logs a deprecation warning each
+    time; the user name is in ``auth_data`` (see ``Client.of``).
+    """
+
+    @property
+    def login_data(self) -> None:
+        return None
+
+    @login_data.setter
+    def login_data(self, _value: object) -> None:
+        pass
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with our size replies and a registry of live sessions."""
 
     def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:  # noqa: ANN401
         super().__init__(handler, **kwargs)
         self._gateway = handler
+
+    def _create_session(self) -> Session:
+        return _GatewaySession(self.loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Register the session so a shutdown can wait for or close it."""
@@ -240,7 +259,8 @@ class Client:
     def of(cls, session: Session, policy: Policy | None = None) -> Client:
         """Read the peer address, HELO name and AUTH identity off an aiosmtpd session.
 
-        ``auth_data`` is the user name ``GatewaySMTP`` stores after a good AUTH.
+        ``auth_data`` is the user name ``GatewaySMTP`` stores after a good AUTH; a user a
+        reload has removed since counts as not logged in.
         """
         peer = getattr(session, "peer", None)
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else None
@@ -249,10 +269,12 @@ class Client:
             if getattr(session, "authenticated", False)
             else None
         )
+        if not isinstance(user, str) or (policy is not None and user not in policy.user_allow):
+            user = None
         return cls(
             ip=ip,
             helo=str(getattr(session, "host_name", "") or ""),
-            user=user if isinstance(user, str) else None,
+            user=user,
             trusted_network=policy is not None and policy.in_networks(ip),
         )
 

@@ -156,6 +156,7 @@ async def test_the_check_runs_off_the_event_loop(users, monkeypatch):
 
     monkeypatch.setattr(auth, "verify_password", blocking)
     import anyio  # noqa: PLC0415
+    import anyio.lowlevel  # noqa: PLC0415
 
     async with anyio.create_task_group() as group:
         group.start_soon(
@@ -165,7 +166,7 @@ async def test_the_check_runs_off_the_event_loop(users, monkeypatch):
         )
         # the loop still runs while the hash is being computed
         await anyio.to_thread.run_sync(entered.wait, 10)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         release.set()
     assert released == [True]
 
@@ -255,7 +256,7 @@ def test_hash_password_asks_without_echo_on_a_terminal(monkeypatch, capsys):
             return True
 
     monkeypatch.setattr(sys, "stdin", Tty(""))
-    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: "typed secret")
+    monkeypatch.setattr(cli.getpass, "getpass", lambda _prompt: "typed secret")
     assert cli.main(["hash-password"]) == cli.EX_OK
     assert verify_password(b"typed secret", parse_hash(capsys.readouterr().out.strip()))
 
@@ -320,7 +321,9 @@ def test_tls_and_users_load(tmp_path, cert_files):
                     "tls_cert": str(cert),
                     "tls_key": str(key),
                     "tls_listen": "127.0.0.1:0",
-                    "users": [{"name": "ups", "password_hash": secret, "allow": ["UPS@Example.NET"]}],
+                    "users": [
+                        {"name": "ups", "password_hash": secret, "allow": ["UPS@Example.NET"]}
+                    ],
                 },
                 "senders": {"require_auth": True, "networks": ["10.0.0.0/8", "2001:db8::/32"]},
             },
@@ -331,7 +334,9 @@ def test_tls_and_users_load(tmp_path, cert_files):
     assert secret not in repr(settings)
     assert secret not in str(settings.model_dump())
     assert secret not in repr(Policy.from_settings(settings))
-    assert settings.warnings() == ["bounce.relay is empty: failed messages are logged, no bounce is sent"]
+    assert settings.warnings() == [
+        "bounce.relay is empty: failed messages are logged, no bounce is sent"
+    ]
 
 
 def test_check_config_output_has_no_hash(tmp_path, cert_files, capsys):
@@ -339,17 +344,26 @@ def test_check_config_output_has_no_hash(tmp_path, cert_files, capsys):
     secret = hash_password("pw", n=FAST)
     path = write_config(
         tmp_path,
-        {"smtp": {"tls_cert": str(cert), "tls_key": str(key), "users": [{"name": "u", "password_hash": secret}]}},
+        {
+            "smtp": {
+                "tls_cert": str(cert),
+                "tls_key": str(key),
+                "users": [{"name": "u", "password_hash": secret}],
+            }
+        },
     )
     assert cli.main(["check-config", "-c", str(path)]) == cli.EX_OK
     out = capsys.readouterr()
     assert secret not in out.out + out.err
+    assert "  users:    u\n" in out.out
+    assert f"  tls:      STARTTLS with {cert}\n" in out.out
     assert secret.split("$")[-1] not in out.out + out.err
 
 
 def test_a_missing_certificate_names_the_key(tmp_path, cert_files):
     _cert, key = cert_files
-    found = problems(tmp_path, {"smtp": {"tls_cert": str(tmp_path / "nope.pem"), "tls_key": str(key)}})
+    missing = str(tmp_path / "nope.pem")
+    found = problems(tmp_path, {"smtp": {"tls_cert": missing, "tls_key": str(key)}})
     assert any(p.startswith("smtp.tls_cert: cannot read") for p in found), found
 
 
