@@ -27,6 +27,7 @@ from mail2sms.providers import build_provider
 from mail2sms.providers.base import Provider
 from mail2sms.queue import AsyncQueue
 from mail2sms.smtp import GatewayHandler, Policy, start_server
+from mail2sms.tls import ServerTLS, load_context
 
 log = get_logger(__name__)
 
@@ -44,6 +45,9 @@ class App:
         self.delivery: Delivery | None = None
         self.handler: GatewayHandler | None = None
         self.server: asyncio.Server | None = None
+        self.tls_server: asyncio.Server | None = None
+        """The implicit-TLS listener (``smtp.tls_listen``), if configured."""
+        self.tls: ServerTLS | None = None
         self.bouncer: Bouncer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -59,6 +63,13 @@ class App:
         if self.server is None or not self.server.sockets:
             raise RuntimeError("the SMTP server is not listening")
         return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def tls_port(self) -> int:
+        """The port the implicit-TLS listener bound (``smtp.tls_listen`` may say 0)."""
+        if self.tls_server is None or not self.tls_server.sockets:
+            raise RuntimeError("the implicit-TLS listener is not running")
+        return int(self.tls_server.sockets[0].getsockname()[1])
 
     @property
     def metrics_port(self) -> int:
@@ -99,16 +110,28 @@ class App:
         ]
         for task in self._tasks:
             task.add_done_callback(self._task_ended)
+        self.tls = server_tls(settings)
         self.handler = GatewayHandler(
             Policy.from_settings(settings),
             self.queue,
             on_queued=lambda _id: self._wake(),
             metrics=self.metrics,
+            tls_context=None if self.tls is None else self.tls.context,
         )
         listen = settings.smtp.listen
         self.server = await start_server(
             self.handler, listen.host, listen.port, max_message_size=settings.smtp.max_message_size
         )
+        tls_at = settings.smtp.tls_listen
+        if tls_at is not None and self.tls is not None:
+            self.tls_server = await start_server(
+                self.handler,
+                tls_at.host,
+                tls_at.port,
+                max_message_size=settings.smtp.max_message_size,
+                implicit_tls=self.tls.listener,
+            )
+            log.info("smtp_tls_listening", host=tls_at.host, port=self.tls_port)
         metrics_at = settings.metrics.listen
         if metrics_at is not None:
             self.metrics_server = await serve_metrics(
@@ -167,16 +190,19 @@ class App:
     def reload(self, new: Settings) -> list[str]:
         """Apply a re-read configuration without dropping a connection or a queued message.
 
-        The allowlist, gateway addresses, aliases, options, content rules, provider,
-        delivery and bounce settings take effect for the next transaction or send; what is
-        bound at start (listen address, size limit, queue file) needs a restart, and the
-        returned notes say so.
+        The allowlist, users, gateway addresses, aliases, options, content rules, provider,
+        delivery and bounce settings take effect for the next transaction or send, and the
+        TLS certificate (re-read from its files) for the next connection; what is bound at
+        start (listen addresses, size limit, queue file) needs a restart, and the returned
+        notes say so. A certificate that does not load refuses the reload (ConfigError).
         """
         old = self.settings
+        tls = server_tls(new)  # first: a bad certificate changes nothing
         notes = [
             f"{key} changed: restart mail2sms to apply it"
             for key, before, after in (
                 ("smtp.listen", old.smtp.listen, new.smtp.listen),
+                ("smtp.tls_listen", old.smtp.tls_listen, new.smtp.tls_listen),
                 ("smtp.max_message_size", old.smtp.max_message_size, new.smtp.max_message_size),
                 ("queue.path", old.queue.path, new.queue.path),
             )
@@ -184,6 +210,9 @@ class App:
         ]
         if self.handler is not None:
             self.handler.policy = Policy.from_settings(new)
+            self.handler.tls_context = None if tls is None else tls.context
+        if self.tls is not None and tls is not None:
+            self.tls.context = tls.context  # the implicit-TLS listener's next handshakes
         if self.delivery is not None and self.client is not None:
             if new.provider != old.provider:
                 self.provider = build_provider(new.provider, self.client)
@@ -220,8 +249,9 @@ class App:
         if self.metrics_server is not None:
             self.metrics_server.close()
             await self.metrics_server.wait_closed()
-        if self.server is not None:
-            await self.server.wait_closed()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                await server.wait_closed()
         if self.client is not None:
             await self.client.aclose()
         if self.queue is not None:
@@ -230,8 +260,9 @@ class App:
 
     async def _stop_intake(self, grace: float) -> None:
         """No new connections; transactions in DATA may finish (and get their 250)."""
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.close()
         if self.handler is not None:
             if not await self.handler.drain(grace):
                 log.warning("shutdown_smtp_transactions_cut")
@@ -255,6 +286,20 @@ class App:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def server_tls(settings: Settings) -> ServerTLS | None:
+    """The certificate from ``smtp.tls_cert``/``smtp.tls_key``, read now (None: no TLS).
+
+    The files may have changed since the config was validated, so it is checked again.
+    """
+    cert, key = settings.smtp.tls_cert, settings.smtp.tls_key
+    if cert is None or key is None:
+        return None
+    try:
+        return ServerTLS(load_context(cert, key))
+    except ValueError as exc:
+        raise ConfigError([f"smtp.tls_key: {exc}"]) from None
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:

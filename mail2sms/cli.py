@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import signal
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also ask the provider whether the credentials work (and show the balance)",
     )
+    sub.add_parser(
+        "hash-password",
+        parents=[common],
+        help="read a password from stdin, print its hash for [[smtp.users]] password_hash",
+    )
     queue = sub.add_parser("queue", parents=[common], help="inspect and manage queued messages")
     qsub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     qlist = qsub.add_parser("list", parents=[common], help="list pending messages")
@@ -128,6 +134,12 @@ def cmd_check_config(path: Path, *, online: bool = False) -> int:
         f" {limits.per_recipient_per_hour or 'no limit'}/h a number,"
         f" {limits.per_day or 'no limit'} a day"
     )
+    smtp = settings.smtp
+    if smtp.tls_cert is not None:
+        implicit = f"; implicit TLS on {smtp.tls_listen}" if smtp.tls_listen else ""
+        print(f"  tls:      STARTTLS with {smtp.tls_cert}{implicit}")
+    if smtp.users:  # names only: the hashes are secrets
+        print(f"  users:    {', '.join(user.name for user in smtp.users)}")
     for note in settings.warnings():
         print(f"  warning:  {note}")
     return _check_online(settings) if online else EX_OK
@@ -163,6 +175,24 @@ def _check_online(settings: Settings) -> int:
     return EX_OK
 
 
+def cmd_hash_password() -> int:
+    """Print a ``password_hash`` for ``[[smtp.users]]``; the password never reaches argv.
+
+    On a terminal it is asked for without echo; otherwise the first line of stdin is it.
+    """
+    from mail2sms.passwords import hash_password  # noqa: PLC0415  only this command hashes
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("mail2sms: an empty password is not allowed", file=sys.stderr)
+        return EX_USAGE
+    print(hash_password(password))
+    return EX_OK
+
+
 def cmd_serve(path: Path) -> int:
     """Run in the foreground until SIGTERM or SIGINT."""
     from mail2sms import log  # noqa: PLC0415  only serve needs logging and the event loop
@@ -191,13 +221,15 @@ def cmd_serve(path: Path) -> int:
 
     try:
         asyncio.run(main())
+    except ConfigError as error:  # e.g. the TLS certificate changed after validation
+        _print_problems(path, error)
+        return EX_CONFIG
     except (QueueError, InternalError) as error:
         print(f"mail2sms: {error}", file=sys.stderr)
         return EX_TEMPFAIL if isinstance(error, QueueError) else EX_SOFTWARE
     except OSError as error:
-        print(
-            f"mail2sms: cannot listen on {settings.smtp.listen}: {error.strerror}", file=sys.stderr
-        )
+        where = " or ".join(str(a) for a in (settings.smtp.listen, settings.smtp.tls_listen) if a)
+        print(f"mail2sms: cannot listen on {where}: {error.strerror}", file=sys.stderr)
         return EX_FAILURE
     return EX_OK
 
@@ -341,4 +373,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check_config(path, online=args.online)
     if args.command == "queue":
         return cmd_queue(path, args)
+    if args.command == "hash-password":
+        return cmd_hash_password()
     return EX_USAGE

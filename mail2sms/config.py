@@ -41,6 +41,8 @@ from mail2sms.addressing import parse_numbers
 from mail2sms.errors import ConfigError, MailRefusedError
 from mail2sms.limits import Destinations, Quota
 from mail2sms.mail_address import ascii_domain, ascii_hostname, plain_address
+from mail2sms.passwords import parse_hash
+from mail2sms.tls import load_context
 
 ENV_PREFIX = "MAIL2SMS_"
 # file names under $CREDENTIALS_DIRECTORY (systemd LoadCredential=), by provider key
@@ -142,10 +144,48 @@ def _normalise_email(value: str) -> str:
     return f"{checked.local_part}@{domain}".lower()
 
 
+def _normalise_allow(value: list[str]) -> list[str]:
+    """Allowlist entries: exact addresses, or ``@domain`` with the domain in ASCII."""
+    return [
+        "@" + ascii_domain(item.strip()[1:]).lower()
+        if item.strip().startswith("@")
+        else _normalise_email(item)
+        for item in value
+    ]
+
+
 class Section(BaseModel):
     """A config section: unknown keys are errors, so a typo never silently does nothing."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SmtpUser(Section):
+    """One ``[[smtp.users]]`` entry: who may log in (AUTH), and as which senders."""
+
+    name: str
+    password_hash: SecretStr
+    """Made by ``mail2sms hash-password``; never the password itself."""
+    allow: list[str] = Field(default_factory=list)
+    """Addresses (or ``@domain``) this user may send as; empty: any."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[^\s\x00-\x1f\x7f]{1,256}", value):
+            raise ValueError(f"{value!r} is not a user name: one word, no spaces")
+        return value
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash(cls, value: SecretStr) -> SecretStr:
+        parse_hash(value.get_secret_value())  # its ValueError never quotes the value
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, value: list[str]) -> list[str]:
+        return _normalise_allow(value)
 
 
 class SmtpConfig(Section):
@@ -158,12 +198,54 @@ class SmtpConfig(Section):
     accept_auto_generated: bool = True
     duplicate_window: Duration = Field(default=600.0, ge=0)
     """The same Message-ID from the same sender within this is answered 250, not resent."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: STARTTLS is offered when set (with ``tls_key``)."""
+    tls_key: Path | None = None
+    tls_listen: RelayAddress = None
+    """An implicit-TLS listener (port 465 style), besides ``listen``."""
+    users: list[SmtpUser] = Field(default_factory=list)
 
     @field_validator("hostname")
     @classmethod
     def _hostname(cls, value: str) -> str:
         # it names us in bounces (Reporting-MTA, Message-ID) and in the EHLO reply
         return ascii_hostname(value)
+
+    @field_validator("tls_cert")
+    @classmethod
+    def _tls_cert(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                value.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+        return value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Loaded now, so a missing, unreadable or mismatched pair fails check-config."""
+        cert = info.data.get("tls_cert")
+        if value is not None and cert is not None:
+            load_context(cert, value)
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _unique(cls, value: list[SmtpUser]) -> list[SmtpUser]:
+        names = [user.name for user in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)}: user name listed more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("smtp.tls_cert and smtp.tls_key are set together or not at all")
+        if self.tls_listen is not None and self.tls_cert is None:
+            raise ValueError("smtp.tls_listen needs smtp.tls_cert and smtp.tls_key")
+        return self
 
 
 def _check_sender_id(value: str) -> str:
@@ -316,6 +398,10 @@ class SendersConfig(Section):
     """Who may send: an exact address, or ``@domain`` for everyone at a domain."""
 
     allow: list[str] = Field(default_factory=list)
+    require_auth: bool = False
+    """Every client must log in (AUTH), except those in ``networks``."""
+    networks: list[str] = Field(default_factory=list)
+    """CIDRs whose clients may send without AUTH and without being on ``allow``."""
     verify: Literal["none", "dmarc"] = "none"
     """``dmarc``: an unauthenticated client's From domain must pass SPF or DKIM, aligned."""
     trusted_authserv_ids: list[str] = Field(default_factory=list)
@@ -346,12 +432,21 @@ class SendersConfig(Section):
     @field_validator("allow")
     @classmethod
     def _allow(cls, value: list[str]) -> list[str]:
-        return [
-            "@" + ascii_domain(item.strip()[1:]).lower()
-            if item.strip().startswith("@")
-            else _normalise_email(item)
-            for item in value
-        ]
+        return _normalise_allow(value)
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        networks = []
+        for item in value:
+            try:
+                networks.append(str(ipaddress.ip_network(item.strip())))
+            except ValueError as exc:
+                raise ValueError(
+                    f"{item!r} is not a network: write it as a CIDR such as "
+                    f"'192.168.10.0/24' ({exc})"
+                ) from None
+        return networks
 
 
 ProviderKind = Literal["outbox", "dataflows", "messageflow", "textflow"]
@@ -624,9 +719,24 @@ class Settings(BaseSettings):
     def warnings(self) -> list[str]:
         """Valid but probably unintended settings, for ``check-config`` and the start-up log."""
         notes = []
-        if not self.senders.allow:
+        if self.smtp.users and self.smtp.tls_cert is None:
+            notes.append(
+                "smtp.users are set but smtp.tls_cert is not: AUTH is offered only over TLS, "
+                "so nobody can log in"
+            )
+        if self.senders.require_auth and not self.smtp.users:
+            notes.append(
+                "senders.require_auth is true but smtp.users is empty: only clients in "
+                "senders.networks can send (530 5.7.0 for everyone else)"
+            )
+        others_refused = not (self.senders.require_auth or self.senders.networks or self.smtp.users)
+        if not self.senders.allow and others_refused:
             notes.append("senders.allow is empty: every sender will be refused (550 5.7.1)")
-        if self.senders.verify == "none" and not _private_host(self.smtp.listen.host):
+        if (
+            self.senders.verify == "none"
+            and not self.senders.require_auth
+            and not _private_host(self.smtp.listen.host)
+        ):
             notes.append(
                 f"smtp.listen {self.smtp.listen} may be reachable from the internet and "
                 'senders.verify is "none": anyone can forge an allowed From line; '

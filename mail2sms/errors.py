@@ -17,6 +17,9 @@ reply to send, a provider error says whether to retry or bounce.
     │   ├── UnparseableMailError     554 5.6.0 the MIME structure could not be read
     │   ├── AutoReplyRefusedError    550 5.7.1 a bounce or automatic reply (no loops)
     │   ├── MailLoopError            554 5.4.6 too many Received headers
+    │   ├── AuthRequiredError        530 5.7.0 senders.require_auth and the client has not logged in
+    │   ├── BadCredentialsError      535 5.7.8 AUTH with a wrong user name or password
+    │   ├── AuthLockedError          454 4.7.0 AUTH refused for a while after repeated failures
     │   └── LimitRefusedError        550 5.7.1 a [limits] rule: country, number type, count
     │       └── RateLimitedError     451 4.7.1 a [limits] rate is used up: try again later
     ├── QueueError                   the durable queue failed
@@ -229,3 +232,24 @@ class SenderCheckDeferredError(MailRefusedError):
 
     code = 451
     status = "4.4.3"
+
+
+class AuthRequiredError(MailRefusedError):
+    """``senders.require_auth``: this client must log in (AUTH) before it may send."""
+
+    code = 530
+    status = "5.7.0"
+
+
+class BadCredentialsError(MailRefusedError):
+    """AUTH failed: unknown user or wrong password (the reply never says which)."""
+
+    code = 535
+    status = "5.7.8"
+
+
+class AuthLockedError(MailRefusedError):
+    """Too many failed AUTH attempts from this client's address: it must wait."""
+
+    code = 454
+    status = "4.7.0"

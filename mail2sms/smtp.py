@@ -8,19 +8,23 @@ message is committed to the queue. Nothing slow happens here: delivery is the wo
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
+import ssl
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
 
 from mail2sms import __version__
 from mail2sms.addressing import parse_numbers, parse_rcpt
+from mail2sms.auth import Lockout, authenticate
 from mail2sms.config import AddressOptions, LimitsConfig, Settings, TextSource
 from mail2sms.errors import (
+    AuthRequiredError,
     AutoReplyRefusedError,
     BadSenderAddressError,
     EmptyTextError,
@@ -36,6 +40,7 @@ from mail2sms.mail_address import ascii_domain, plain_address
 from mail2sms.mail_parse import Cleanup, header_block, parse_mail
 from mail2sms.metrics import Metrics
 from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget
+from mail2sms.passwords import PasswordHash, parse_hash
 from mail2sms.queue import AsyncQueue
 from mail2sms.sender_verify import Resolver, SenderVerifier
 from mail2sms.sms_text import check_length, measure, normalize, truncate
@@ -55,6 +60,7 @@ TOO_MANY_RECIPIENTS = (
     "452 4.5.3 Too many recipients: send to {address} in another message "
     "(the limit is {limit} numbers per message)"
 )
+AUTH_OK = "235 2.7.0 Authentication successful"
 
 # aiosmtpd writes these itself, without enhanced codes; they are rewritten on the way out.
 _AIOSMTPD_TOO_BIG = (
@@ -63,12 +69,31 @@ _AIOSMTPD_TOO_BIG = (
 )
 
 
+class _GatewaySession(Session):
+    """aiosmtpd's session without its deprecated ``login_data``.
+
+    aiosmtpd sets ``login_data`` after every good AUTH and logs a deprecation warning each
+    time; the user name is in ``auth_data`` (see ``Client.of``).
+    """
+
+    @property
+    def login_data(self) -> None:
+        return None
+
+    @login_data.setter
+    def login_data(self, _value: object) -> None:
+        pass
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with our size replies and a registry of live sessions."""
 
     def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:  # noqa: ANN401
         super().__init__(handler, **kwargs)
         self._gateway = handler
+
+    def _create_session(self) -> Session:
+        return _GatewaySession(self.loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Register the session so a shutdown can wait for or close it."""
@@ -86,6 +111,25 @@ class GatewaySMTP(SMTP):
         if raw in _AIOSMTPD_TOO_BIG:
             raw = TOO_BIG.format(limit=self.data_size_limit).encode("ascii")
         await super().push(raw)
+
+    async def auth_PLAIN(self, _: object, args: list[str]) -> AuthResult:  # noqa: N802
+        """The credentials are read by aiosmtpd, the check is awaited (see ``_verify``)."""
+        return await self._verify(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: object, args: list[str]) -> AuthResult:  # noqa: N802
+        """As ``auth_PLAIN``, with the user name and password asked for one by one."""
+        return await self._verify(await super().auth_LOGIN(_, args))
+
+    async def _verify(self, parsed: AuthResult) -> AuthResult:
+        """Check what ``_pass_credentials`` handed back, off the event loop."""
+        credentials = parsed.auth_data
+        if not isinstance(credentials, LoginPassword) or self.session is None:
+            return parsed  # aiosmtpd has already answered (bad base64, aborted)
+        try:
+            user = await self._gateway.authenticate(self.session, credentials)
+        except MailRefusedError as refused:
+            return AuthResult(success=False, handled=False, message=refused.reply)
+        return AuthResult(success=True, auth_data=user, message=AUTH_OK)
 
     def close_with(self, reply: str) -> None:
         """Say goodbye (e.g. 421 at shutdown) and close the connection."""
@@ -118,6 +162,11 @@ class Policy:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     verifier: SenderVerifier | None = None
     """Set when senders.verify = "dmarc": the From domain of unauthenticated mail is checked."""
+    require_auth: bool = False
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    user_allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per ``[[smtp.users]]`` name: the senders it may use (empty: any)."""
+    user_hashes: Mapping[str, PasswordHash] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, resolver: Resolver | None = None) -> Policy:
@@ -152,6 +201,13 @@ class Policy:
             duplicate_window=settings.smtp.duplicate_window,
             destinations=settings.limits.destinations(settings.gateway.default_region),
             limits=settings.limits,
+            require_auth=settings.senders.require_auth,
+            networks=tuple(ipaddress.ip_network(n) for n in settings.senders.networks),
+            user_allow={user.name: tuple(user.allow) for user in settings.smtp.users},
+            user_hashes={
+                user.name: parse_hash(user.password_hash.get_secret_value())
+                for user in settings.smtp.users
+            },
         )
 
     def rcpt(self, address: str) -> RcptTarget:
@@ -165,18 +221,35 @@ class Policy:
         )
 
     def sender_allowed(self, address: str) -> bool:
-        """An exact address (case-insensitive) or ``@domain`` in senders.allow.
+        """An exact address (case-insensitive) or ``@domain`` in senders.allow."""
+        return address_listed(address, self.allow)
 
-        The domain is compared in its ASCII form, as the allowlist stores it.
-        """
-        local, at, domain = address.strip().rpartition("@")
-        if not at:
+    def in_networks(self, ip: str | None) -> bool:
+        """Whether a client address is in ``senders.networks`` (IPv4-mapped IPv6 too)."""
+        if ip is None or not self.networks:
             return False
         try:
-            domain = "@" + ascii_domain(domain).lower()
+            address = ipaddress.ip_address(ip.partition("%")[0])
         except ValueError:
             return False
-        return f"{local.lower()}{domain}" in self.allow or domain in self.allow
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
+def address_listed(address: str, allow: Sequence[str]) -> bool:
+    """An exact address (case-insensitive) or its ``@domain`` is in ``allow``.
+
+    The domain is compared in its ASCII form, as the config stores it.
+    """
+    local, at, domain = address.strip().rpartition("@")
+    if not at:
+        return False
+    try:
+        domain = "@" + ascii_domain(domain).lower()
+    except ValueError:
+        return False
+    return f"{local.lower()}{domain}" in allow or domain in allow
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +269,18 @@ class Client:
     trusted_network: bool = False
     """The client's address is in ``senders.networks`` (may submit without AUTH)."""
 
+    @property
+    def trusted(self) -> bool:
+        """Logged in, or in ``senders.networks``: not subject to ``senders.allow``."""
+        return self.user is not None or self.trusted_network
+
     @classmethod
-    def of(cls, session: Session) -> Client:
-        """Read the peer address, HELO name and AUTH identity off an aiosmtpd session."""
+    def of(cls, session: Session, policy: Policy | None = None) -> Client:
+        """Read the peer address, HELO name and AUTH identity off an aiosmtpd session.
+
+        ``auth_data`` is the user name ``GatewaySMTP`` stores after a good AUTH; a user a
+        reload has removed since counts as not logged in.
+        """
         peer = getattr(session, "peer", None)
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else None
         user = (
@@ -206,19 +288,42 @@ class Client:
             if getattr(session, "authenticated", False)
             else None
         )
+        if not isinstance(user, str) or (policy is not None and user not in policy.user_allow):
+            user = None
         return cls(
             ip=ip,
             helo=str(getattr(session, "host_name", "") or ""),
-            user=str(user) if isinstance(user, str) else None,
+            user=user,
+            trusted_network=policy is not None and policy.in_networks(ip),
         )
 
 
-def check_sender(policy: Policy, address: str, *, where: str) -> None:
-    """Refuse a sender that is not on the allowlist, saying which address and why."""
+def check_sender(policy: Policy, address: str, *, where: str, client: Client | None = None) -> None:
+    """Refuse a sender this client may not use, saying which address and why.
+
+    A logged-in user may use any address, or only those on its own ``allow``; a client in
+    ``senders.networks`` any address; everyone else must log in (``require_auth``) or
+    use an address on ``senders.allow``.
+    """
+    client = client or Client()
     if address in {"", "<>"}:  # aiosmtpd passes the null reverse-path as "<>"
         raise AutoReplyRefusedError(
             "Mail with an empty sender (a bounce or automatic reply) is not accepted: "
             "this gateway sends SMS only for people and systems that write to it"
+        )
+    if client.user is not None:
+        allow = policy.user_allow.get(client.user, ())
+        if allow and not address_listed(address, allow):
+            raise SenderRefusedError(
+                f"{where} <{address}> is not an address user {client.user} may send as; "
+                "send from one of that user's addresses or ask the administrator to add it"
+            )
+        return
+    if client.trusted_network:
+        return
+    if policy.require_auth:
+        raise AuthRequiredError(
+            "Authentication required: log in (AUTH, after STARTTLS) to send through this gateway"
         )
     if not policy.sender_allowed(address):
         raise SenderRefusedError(
@@ -322,8 +427,8 @@ def build_message(
     if not content.from_addresses:
         raise SenderRefusedError("The message has no From address; add a From header")
     for address in content.from_addresses:
-        check_sender(policy, address, where="From address")
-    if policy.verifier is not None and not (client.user is not None or client.trusted_network):
+        check_sender(policy, address, where="From address", client=client)
+    if policy.verifier is not None and not client.trusted:
         policy.verifier.verify(
             raw,
             content.from_addresses,
@@ -372,8 +477,13 @@ class GatewayHandler:
         on_queued: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        lockout: Lockout | None = None,
     ) -> None:
         self.policy = policy
+        self.tls_context = tls_context
+        """Offered for STARTTLS to connections made from now on (a reload may replace it)."""
+        self.lockout = lockout or Lockout()
         self.queue = queue
         self.on_queued = on_queued
         self.metrics = metrics
@@ -395,7 +505,8 @@ class GatewayHandler:
     ) -> str:
         """Refuse a sender that is not allowed before it sends anything else."""
         try:
-            check_sender(self.policy, address, where="Sender")
+            client = Client.of(session, self.policy)
+            check_sender(self.policy, address, where="Sender", client=client)
             check_reverse_path(address)
         except MailRefusedError as refused:
             return self._refused("MAIL", refused.reply, session)
@@ -465,7 +576,7 @@ class GatewayHandler:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         targets = [policy.rcpt(a) for a in envelope.rcpt_tos]
-        client = Client.of(session)
+        client = Client.of(session, policy)
         sender = client.user or (envelope.mail_from or "").lower()
         try:
             message = await asyncio.to_thread(
@@ -541,8 +652,43 @@ class GatewayHandler:
             self.metrics.refusal(reply)
         return reply
 
+    async def handle_EHLO(  # noqa: N802  aiosmtpd's hook name
+        self,
+        _server: SMTP,
+        session: Session,
+        _envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """Offer AUTH only when there are users to log in as."""
+        session.host_name = hostname
+        if self.policy.user_hashes:
+            return responses
+        return [line for line in responses if not line.startswith("250-AUTH")]
+
+    async def authenticate(self, session: Session, credentials: LoginPassword) -> str:
+        """The user name for good credentials; BadCredentialsError or AuthLockedError."""
+        peer = getattr(session, "peer", None)
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        try:
+            return await authenticate(
+                credentials.login,
+                credentials.password,
+                users=self.policy.user_hashes,
+                lockout=self.lockout,
+                client=ip,
+                peer=_peer(session),
+            )
+        except MailRefusedError as refused:
+            self._refused("AUTH", refused.reply, session)
+            raise
+
     async def handle_exception(self, error: Exception) -> str:
         """Anything unexpected is a temporary failure with no internals in the reply."""
+        if isinstance(error, TLSSetupException):  # not TLS after STARTTLS: that session ends
+            cause = error.__cause__ or error
+            log.info("smtp_tls_failed", error=f"{type(cause).__name__}: {cause}"[:200])
+            return TEMPORARY_ERROR
         log.error("smtp_exception", error_type=type(error).__name__, exc_info=error)
         return TEMPORARY_ERROR
 
@@ -560,6 +706,16 @@ class GatewayHandler:
             session.close_with(reply)
 
 
+def _pass_credentials(
+    _server: SMTP, _session: Session, _envelope: Envelope, _mechanism: str, data: object
+) -> AuthResult:
+    """The authenticator aiosmtpd calls synchronously: it only hands the credentials on.
+
+    The check runs in ``GatewaySMTP._verify``, where it can be awaited in a thread.
+    """
+    return AuthResult(success=False, handled=False, auth_data=data)
+
+
 def _peer(session: Session) -> str:
     peer = getattr(session, "peer", None)
     if isinstance(peer, tuple) and len(peer) >= 2:  # noqa: PLR2004  (host, port, ...)
@@ -568,9 +724,18 @@ def _peer(session: Session) -> str:
 
 
 async def start_server(
-    handler: GatewayHandler, host: str, port: int, *, max_message_size: int
+    handler: GatewayHandler,
+    host: str,
+    port: int,
+    *,
+    max_message_size: int,
+    implicit_tls: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
-    """Listen inside the running event loop (not aiosmtpd's threaded Controller)."""
+    """Listen inside the running event loop (not aiosmtpd's threaded Controller).
+
+    With ``implicit_tls`` every connection starts with a TLS handshake (port 465 style).
+    Each connection reads the handler's current certificate and policy when it is made.
+    """
     loop = asyncio.get_running_loop()
 
     def factory() -> GatewaySMTP:
@@ -581,7 +746,10 @@ async def start_server(
             data_size_limit=max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
+            tls_context=None if implicit_tls else handler.tls_context,
+            auth_require_tls=not implicit_tls,
+            authenticator=_pass_credentials,
             loop=loop,
         )
 
-    return await loop.create_server(factory, host=host, port=port)
+    return await loop.create_server(factory, host=host, port=port, ssl=implicit_tls)

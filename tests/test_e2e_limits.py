@@ -14,6 +14,7 @@ from conftest import ALLOWED, DOMAIN, GATEWAY, TOKEN, poll
 from structlog.testing import capture_logs
 from test_smtp import make_mail, transaction
 
+from mail2sms.passwords import hash_password
 from mail2sms.queue import AsyncQueue
 from mail2sms.smtp import GatewayHandler, Policy
 
@@ -196,7 +197,8 @@ async def _data(handler, *, sender: str, user: str | None, number: str) -> str:
 
 
 async def test_the_sender_key_is_the_auth_user_else_the_envelope_sender(make_settings, tmp_path):
-    settings = make_settings(limits={"per_sender_per_hour": 1})
+    carol = {"name": "carol", "password_hash": hash_password("secret", n=1024)}
+    settings = make_settings(limits={"per_sender_per_hour": 1}, smtp={"users": [carol]})
     queue = await AsyncQueue.open(tmp_path / "handler.sqlite3")
     try:
         handler = GatewayHandler(Policy.from_settings(settings), queue)
