@@ -371,3 +371,31 @@ async def test_smtp_a_dns_failure_is_a_temporary_refusal(verifying_app, key):
     resolver.failing = {"sel._domainkey.example.com"}
     code, text = await smtp_send(app.smtp_port, signed(mail(), key[0], "example.com"))
     assert (code, text.split(" ")[0]) == (451, "4.4.3")
+
+
+@pytest.mark.anyio
+async def test_smtp_a_trusted_network_skips_verification_and_others_do_not(
+    make_settings, start_app, key, tmp_path
+):
+    """senders.networks clients are trusted; the same forged mail from elsewhere is refused."""
+    settings = make_settings(
+        senders={"allow": ["alice@example.com"], "verify": "dmarc", "networks": ["127.0.0.2/32"]}
+    )
+    app = await start_app(settings)
+    resolver = StubResolver(dns_with(key[1]))
+    app.handler.policy = Policy.from_settings(settings, resolver=resolver)
+    code, _text = await smtp_send(app.smtp_port, mail())  # from 127.0.0.1: not trusted
+    assert code == 550
+    asked = len(resolver.asked)
+    assert asked > 0  # the untrusted attempt was checked in DNS
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=app.smtp_port, timeout=10, source_address=("127.0.0.2", 0)
+    )
+    await client.connect()
+    try:
+        await client.sendmail("alice@example.com", ["sms@sms.example.com"], mail())
+    finally:
+        client.close()
+    lines = await poll(lambda: read_outbox(tmp_path / "outbox.jsonl"))
+    assert [line["text"] for line in lines] == ["Server down"]
+    assert len(resolver.asked) == asked  # the trusted client was not looked up
