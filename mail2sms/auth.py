@@ -9,6 +9,7 @@ lockout is kept in memory only (a restart forgets it).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -69,16 +70,24 @@ class Lockout:
         while times and times[0] <= now - self.window:
             times.popleft()
         if len(times) >= self.max_failures:
-            del self._failures[key]
             self._locked_until[key] = now + self.duration
             return True
         self._forget_old(now)
         return False
 
-    def succeeded(self, key: str) -> None:
-        """A good login clears the address's failures (and a lock its own attempt started)."""
-        self._failures.pop(key, None)
-        self._locked_until.pop(key, None)
+    def refund(self, key: str, *, locked_now: bool) -> None:
+        """Take back the one failure counted in advance for a login that turned out good.
+
+        Only that one: the address's other failures stay, so one valid account cannot be
+        used to reset the count while guessing another's password.
+        """
+        times = self._failures.get(key)
+        if times:
+            times.pop()
+        if not times:
+            self._failures.pop(key, None)
+        if locked_now:
+            self._locked_until.pop(key, None)
 
     def _forget_old(self, now: float) -> None:
         if len(self._failures) + len(self._locked_until) <= self.max_tracked:
@@ -91,6 +100,19 @@ class Lockout:
                 del self._locked_until[key]
         while len(self._failures) > self.max_tracked // 2:  # still full: oldest first
             del self._failures[next(iter(self._failures))]
+
+
+def lockout_key(ip: str) -> str:
+    """An IPv4 address as it is; an IPv6 address by its /64, which one host can roam in."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 async def authenticate(
@@ -107,6 +129,7 @@ async def authenticate(
     ``client`` is the lockout key (the client's IP address). AuthLockedError while it is
     locked out: then the password is not even checked.
     """
+    client = lockout_key(client)
     if lockout.locked(client):
         raise AuthLockedError(LOCKED)
     try:
@@ -120,7 +143,7 @@ async def authenticate(
         verify_password, password, stored or dummy_hash(next(iter(users.values()), None))
     )
     if stored is not None and good:
-        lockout.succeeded(client)
+        lockout.refund(client, locked_now=locks_now)
         return str(name)
     log.warning("smtp_auth_failed", user=(name or "")[:64], peer=peer)
     if locks_now:

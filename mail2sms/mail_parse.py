@@ -24,6 +24,7 @@ import html
 import io
 import re
 from dataclasses import dataclass
+from email import errors as email_errors
 from email import policy
 from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value, getaddresses
@@ -263,13 +264,21 @@ def _encoded_word_bytes(encoding: str, payload: str) -> bytes | None:
 
 
 def _addresses(value: str) -> list[str]:
-    """Return the addr-specs in one From header value, as written."""
+    """Return the addr-specs in one From header value, as written.
+
+    A value the strict parser finds invalid (``alice@example.com <mallory@evil.example>``)
+    yields every address either parser sees, so each one must pass the sender checks: a
+    forged address cannot hide behind an unquoted display name.
+    """
     text = _plain_header(value)
     found: list[str] | None = None
     if len(text) <= _RICH_HEADER_LIMIT:
         try:
             header = policy.default.header_factory("from", text)
             found = [str(address.addr_spec) for address in header.addresses]
+            if any(isinstance(d, email_errors.InvalidHeaderDefect) for d in header.defects):
+                legacy = [address for _, address in getaddresses([text])]
+                found += [address for address in legacy if address not in found]
         except Exception:  # noqa: BLE001 - the legacy parser below copes with what this one rejects
             found = None
     if found is None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self
 
@@ -276,7 +276,8 @@ def _trusted_pass(authserv_id: str, result: AuthResult, domain: str) -> str | No
     exactly the From domain.
     """
     if result.method == "dmarc":
-        if _domain_of(result.properties.get("header.from", domain)) != domain:
+        # no header.from: the result cannot be tied to this From line, so it says nothing
+        if _domain_of(result.properties.get("header.from", "")) != domain:
             return None
         if result.result == "fail":
             raise _refusal(domain, f"dmarc=fail reported by {authserv_id}")
@@ -373,6 +374,12 @@ class SenderVerifier:
         """
         fields = _header_fields(raw)
         domain = _single_from_domain(fields, from_addresses)
+        if sum(1 for name, _ in fields if name == "subject") > 1:
+            # DKIM verifies the last Subject, mail2sms reads the first: a replay could add one
+            raise SenderUnverifiedError(
+                "The message has more than one Subject header, so its numbers cannot be "
+                "verified: send it with one Subject"
+            )
         trusted = self._trusted(fields, domain)
         if trusted is not None:
             return trusted
@@ -414,6 +421,16 @@ class SenderVerifier:
                 f"(DNS lookup failed: {checks.temporary[0][:150]}); please try again later"
             )
         raise _refusal(domain, "; ".join(checks.failures)[:200])
+
+
+def _signs_subject(tags: Mapping[bytes, bytes]) -> bool:
+    """Whether a signature's ``h=`` covers the Subject.
+
+    A replayed signed mail with another Subject would otherwise send its text to the
+    replayer's numbers (gateway addresses read the numbers from the Subject).
+    """
+    signed = {name.strip().lower() for name in tags.get(b"h", b"").split(b":")}
+    return b"subject" in signed
 
 
 def _dmarc_modes(domain: str, lookups: _Lookups) -> tuple[Alignment, Alignment]:
@@ -472,6 +489,8 @@ class _Checks:
                 self.failures.append(f"dkim signature by {signer[:60]} not aligned")
             elif b"l" in tags:  # text could be appended to a signed body: not counted
                 self.failures.append(f"dkim signature by {signer} has l= (partial body)")
+            elif not _signs_subject(tags):  # the Subject carries numbers: it must be signed
+                self.failures.append(f"dkim signature by {signer} does not cover the Subject")
             elif self._verify(message, index, signer):
                 return f"dkim=pass header.d={signer}"
         return None

@@ -17,7 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
+from aiosmtpd.smtp import (
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    TLSSetupException,
+    syntax,
+)
 
 from mail2sms import __version__
 from mail2sms.addressing import parse_numbers, parse_rcpt
@@ -61,6 +69,7 @@ TOO_MANY_RECIPIENTS = (
     "(the limit is {limit} numbers per message)"
 )
 AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_IN_TRANSACTION = "503 5.5.1 AUTH is not allowed during a mail transaction; send RSET first"
 
 # aiosmtpd writes these itself, without enhanced codes; they are rewritten on the way out.
 _AIOSMTPD_TOO_BIG = (
@@ -75,6 +84,9 @@ class _GatewaySession(Session):
     aiosmtpd sets ``login_data`` after every good AUTH and logs a deprecation warning each
     time; the user name is in ``auth_data`` (see ``Client.of``).
     """
+
+    login_hash: PasswordHash | None = None
+    """The user's password hash when it logged in: a reload that changes it logs it out."""
 
     @property
     def login_data(self) -> None:
@@ -112,6 +124,14 @@ class GatewaySMTP(SMTP):
             raw = TOO_BIG.format(limit=self.data_size_limit).encode("ascii")
         await super().push(raw)
 
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:  # noqa: N802  aiosmtpd's command name
+        """RFC 4954 §4: no AUTH after MAIL, where it would change who the sender is."""
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            await self.push(AUTH_IN_TRANSACTION)
+            return
+        await super().smtp_AUTH(arg)
+
     async def auth_PLAIN(self, _: object, args: list[str]) -> AuthResult:  # noqa: N802
         """The credentials are read by aiosmtpd, the check is awaited (see ``_verify``)."""
         return await self._verify(await super().auth_PLAIN(_, args))
@@ -129,6 +149,8 @@ class GatewaySMTP(SMTP):
             user = await self._gateway.authenticate(self.session, credentials)
         except MailRefusedError as refused:
             return AuthResult(success=False, handled=False, message=refused.reply)
+        if isinstance(self.session, _GatewaySession):  # a changed password logs it out
+            self.session.login_hash = self._gateway.policy.user_hashes.get(user)
         return AuthResult(success=True, auth_data=user, message=AUTH_OK)
 
     def close_with(self, reply: str) -> None:
@@ -288,8 +310,14 @@ class Client:
             if getattr(session, "authenticated", False)
             else None
         )
-        if not isinstance(user, str) or (policy is not None and user not in policy.user_allow):
-            user = None
+        if not isinstance(user, str) or (
+            policy is not None
+            and (
+                user not in policy.user_allow
+                or getattr(session, "login_hash", None) != policy.user_hashes.get(user)
+            )
+        ):
+            user = None  # removed, or its password changed, by a reload since it logged in
         return cls(
             ip=ip,
             helo=str(getattr(session, "host_name", "") or ""),
@@ -577,7 +605,8 @@ class GatewayHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         targets = [policy.rcpt(a) for a in envelope.rcpt_tos]
         client = Client.of(session, policy)
-        sender = client.user or (envelope.mail_from or "").lower()
+        # "user <name>" cannot collide with an address: a user named like one has its own count
+        sender = f"user {client.user}" if client.user else (envelope.mail_from or "").lower()
         try:
             message = await asyncio.to_thread(
                 build_message,

@@ -16,7 +16,7 @@ import trustme
 from conftest import base_config, merged
 
 from mail2sms import auth, cli
-from mail2sms.auth import Lockout, authenticate
+from mail2sms.auth import Lockout, authenticate, lockout_key
 from mail2sms.config import Settings, load_config
 from mail2sms.errors import AuthLockedError, BadCredentialsError, ConfigError
 from mail2sms.passwords import hash_password, parse_hash, verify_password
@@ -90,12 +90,16 @@ def test_failures_older_than_the_window_do_not_count():
     assert not lockout.locked("192.0.2.1")
 
 
-def test_a_good_login_clears_the_count():
+def test_a_good_login_takes_back_only_its_own_count():
+    """One valid account must not reset the count while another's password is guessed."""
     lockout = Lockout(clock=FakeClock())
     for _ in range(4):
         lockout.failed("192.0.2.1")
-    lockout.succeeded("192.0.2.1")
-    assert not lockout.failed("192.0.2.1")
+    locks = lockout.failed("192.0.2.1")  # counted before the check, as authenticate does
+    assert locks
+    lockout.refund("192.0.2.1", locked_now=locks)  # ... and the password was right
+    assert not lockout.locked("192.0.2.1")
+    assert lockout.failed("192.0.2.1")  # the four earlier failures still count
 
 
 def test_memory_stays_bounded_under_a_scan():
@@ -425,3 +429,17 @@ def test_settings_repr_hides_the_hash(make_settings):
     settings: Settings = make_settings(smtp={"users": [{"name": "u", "password_hash": secret}]})
     assert secret not in repr(settings)
     assert settings.smtp.users[0].password_hash.get_secret_value() == secret
+
+
+@pytest.mark.parametrize(
+    ("ip", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),  # the same host, another address
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_lockout_key_groups_an_ipv6_host_by_its_64(ip, key):
+    assert lockout_key(ip) == key

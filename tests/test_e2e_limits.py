@@ -189,6 +189,7 @@ async def _data(handler, *, sender: str, user: str | None, number: str) -> str:
     session.peer = ("127.0.0.1", 40000)
     session.authenticated = user is not None
     session.auth_data = user
+    session.login_hash = handler.policy.user_hashes.get(user)  # as GatewaySMTP records it
     envelope = Envelope()
     envelope.mail_from = sender
     envelope.rcpt_tos = [GATEWAY]
@@ -206,7 +207,7 @@ async def test_the_sender_key_is_the_auth_user_else_the_envelope_sender(make_set
         assert (await _data(handler, sender=ALLOWED, user="carol", number=first)).startswith("250 ")
         # the same AUTH user with another envelope sender: one count
         reply = await _data(handler, sender="bob@example.org", user="carol", number=second)
-        assert reply.startswith("451 4.7.1 carol has sent 1 SMS in the last hour")
+        assert reply.startswith("451 4.7.1 user carol has sent 1 SMS in the last hour")
         # without AUTH, the envelope sender in lower case
         assert (await _data(handler, sender=ALLOWED, user=None, number=third)).startswith("250 ")
         reply = await _data(handler, sender=ALLOWED.upper(), user=None, number=fourth)

@@ -727,6 +727,13 @@ def test_subject(header: bytes, subject: str) -> None:
         (b"From: a@example.com\r\nFrom: B@Example.org", ("a@example.com", "B@Example.org")),
         (b"From: Team: a@example.com, b@example.org;", ("a@example.com", "b@example.org")),
         (b"From: alice@example.com (Alice)", ("alice@example.com",)),
+        # an unquoted address as display name hides nothing: both are checked
+        (
+            b"From: alice@example.com <mallory@evil.test>",
+            ("alice@example.com", "mallory@evil.test"),
+        ),
+        (b"From: <alice@example.com>mallory@evil.test", ("alice@example.com", "mallory@evil.test")),
+        (b"From: Alice.Smith <alice@example.com>", ("alice@example.com",)),
         (b"From: <>", ()),
         (b"From:", ()),
         (b"To: x@example.com", ()),

@@ -399,3 +399,27 @@ async def test_smtp_a_trusted_network_skips_verification_and_others_do_not(
     lines = await poll(lambda: read_outbox(tmp_path / "outbox.jsonl"))
     assert [line["text"] for line in lines] == ["Server down"]
     assert len(resolver.asked) == asked  # the trusted client was not looked up
+
+
+def test_a_signature_that_does_not_cover_the_subject_is_not_counted(key):
+    """Gateway addresses read the numbers from the Subject: an unsigned one could be replaced."""
+    pem, record = key
+    raw = mail()
+    only_from = dkim.sign(raw, b"sel", b"example.com", pem, include_headers=[b"from"]) + raw
+    with pytest.raises(SenderUnverifiedError, match="does not cover the Subject"):
+        check(SenderVerifier(StubResolver(dns_with(record))), only_from)
+
+
+def test_a_replayed_signed_mail_with_a_second_subject_is_refused(key):
+    """DKIM verifies the last Subject; mail2sms reads the first, so a second one is refused."""
+    pem, record = key
+    replayed = b"Subject: +61400000001, +61400000002\r\n" + signed(mail(), pem, "example.com")
+    with pytest.raises(SenderUnverifiedError, match="more than one Subject"):
+        check(SenderVerifier(StubResolver(dns_with(record))), replayed)
+
+
+def test_a_trusted_dmarc_pass_without_header_from_says_nothing():
+    header = "Authentication-Results: mx.corp.example; dmarc=pass\r\n"
+    verifier = SenderVerifier(StubResolver({}), trusted_authserv_ids=frozenset({"mx.corp.example"}))
+    with pytest.raises(SenderUnverifiedError):
+        check(verifier, mail(extra=header))

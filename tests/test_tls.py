@@ -16,6 +16,7 @@ import pytest
 import structlog
 import trustme
 from conftest import ALLOWED, GATEWAY, poll, read_outbox
+from pydantic import SecretStr
 
 from mail2sms.config import Settings
 from mail2sms.errors import ConfigError
@@ -411,6 +412,46 @@ async def test_a_user_removed_by_reload_is_no_longer_logged_in(tls_settings, sta
         await client.ehlo()
         await login(client, "printer", PASSWORD)
         smtp = settings.smtp.model_copy(update={"users": settings.smtp.users[1:]})
+        app.reload(settings.model_copy(update={"smtp": smtp}))
+        code, text = await send(client, STRANGER, mail())
+        assert code == 550
+        assert f"<{STRANGER}> is not allowed" in text
+    finally:
+        await client.quit()
+
+
+async def test_auth_in_the_middle_of_a_transaction_is_refused(tls_settings, start_app, client_tls):
+    """RFC 4954 §4: AUTH after MAIL would change who sent a message already checked."""
+    app = await start_app(tls_settings())
+    client = smtp_client(app.smtp_port, client_tls)
+    await client.connect()
+    try:
+        await client.ehlo()
+        await client.starttls()
+        await client.ehlo()
+        await client.mail(ALLOWED)
+        response = await client.execute_command(b"AUTH", b"PLAIN", b"AHByaW50ZXIAeA==")
+        assert (response.code, response.message.split(" ")[0]) == (503, "5.5.1")
+        await client.rset()
+        await login(client, "printer", PASSWORD)  # after RSET it is fine
+    finally:
+        await client.quit()
+
+
+async def test_a_changed_password_logs_out_sessions_on_reload(tls_settings, start_app, client_tls):
+    settings = tls_settings()
+    app = await start_app(settings)
+    client = smtp_client(app.smtp_port, client_tls)
+    await client.connect()
+    try:
+        await client.ehlo()
+        await client.starttls()
+        await client.ehlo()
+        await login(client, "printer", PASSWORD)
+        printer = settings.smtp.users[0].model_copy(
+            update={"password_hash": SecretStr(hash_password("new-Pa55word", n=FAST))}
+        )
+        smtp = settings.smtp.model_copy(update={"users": [printer, *settings.smtp.users[1:]]})
         app.reload(settings.model_copy(update={"smtp": smtp}))
         code, text = await send(client, STRANGER, mail())
         assert code == 550
