@@ -550,7 +550,7 @@ class LimitsConfig(Section):
     """Numbers per message (after aliases and the Subject are read); also caps RCPT TO."""
     per_sender_per_hour: int = Field(default=200, ge=0)
     """SMS one sender (the SMTP AUTH user, else the envelope sender) may queue in an hour."""
-    per_recipient_per_hour: int = Field(default=20, ge=0)
+    per_recipient_per_hour: int = Field(default=60, ge=0)
     per_day: int = Field(default=2000, ge=0)
     """SMS the whole gateway may queue in 24 hours; 0 turns a rate off."""
 

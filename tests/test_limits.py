@@ -171,7 +171,7 @@ def test_limits_defaults(make_settings):
     assert (limits.countries, limits.max_recipients) == ([], 100)
     assert (limits.per_sender_per_hour, limits.per_recipient_per_hour, limits.per_day) == (
         200,
-        20,
+        60,
         2000,
     )
 
