@@ -7,7 +7,9 @@ cheapest scrypt cost a config accepts, so logins are quick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -90,6 +92,25 @@ def smtp_client(port: int, context: ssl.SSLContext, **kwargs) -> aiosmtplib.SMTP
     )
 
 
+@contextlib.asynccontextmanager
+async def tls_session(
+    port: int, context: ssl.SSLContext, **kwargs
+) -> AsyncIterator[aiosmtplib.SMTP]:
+    """A client past EHLO, STARTTLS and EHLO again; QUIT at the end (or close, if hung up)."""
+    client = smtp_client(port, context, **kwargs)
+    await client.connect()
+    try:
+        await client.ehlo()
+        await client.starttls()
+        await client.ehlo()
+        yield client
+    finally:
+        try:
+            await client.quit()
+        except aiosmtplib.SMTPServerDisconnected:
+            client.close()
+
+
 async def send(client: aiosmtplib.SMTP, sender: str, data: bytes) -> tuple[int, str]:
     """MAIL, RCPT, DATA; the first refusal or the final reply."""
     reply = await client.execute_command(b"MAIL", f"FROM:<{sender}>".encode())
@@ -156,26 +177,14 @@ async def test_auth_before_starttls_is_refused(tls_settings, start_app, client_t
 async def test_no_users_means_no_auth_offered(make_settings, start_app, client_tls, ca, tmp_path):
     cert, key = issue(ca, tmp_path, "plain.sms.test")
     app = await start_app(make_settings(smtp={"tls_cert": str(cert), "tls_key": str(key)}))
-    client = smtp_client(app.smtp_port, client_tls)
-    await client.connect()
-    try:
-        await client.ehlo()
-        await client.starttls()
-        await client.ehlo()
+    async with tls_session(app.smtp_port, client_tls) as client:
         assert client.supports_extension("8bitmime")
         assert not client.supports_extension("auth")
-    finally:
-        await client.quit()
 
 
 async def test_wrong_password_and_unknown_user_get_535(tls_settings, start_app, client_tls):
     app = await start_app(tls_settings())
-    client = smtp_client(app.smtp_port, client_tls)
-    await client.connect()
-    try:
-        await client.ehlo()
-        await client.starttls()
-        await client.ehlo()
+    async with tls_session(app.smtp_port, client_tls) as client:
         with structlog.testing.capture_logs() as logs:
             for user, password in (("printer", "wrong-Secret-1"), ("nobody", PASSWORD)):
                 with pytest.raises(aiosmtplib.SMTPAuthenticationError) as caught:
@@ -185,8 +194,6 @@ async def test_wrong_password_and_unknown_user_get_535(tls_settings, start_app, 
         # still usable, but not logged in: a stranger is refused as before
         code, _text = await send(client, STRANGER, mail())
         assert code == 550
-    finally:
-        await client.quit()
     failed = [entry for entry in logs if entry["event"] == "smtp_auth_failed"]
     assert [entry["user"] for entry in failed] == ["printer", "nobody"]
     assert "wrong-Secret-1" not in repr(logs)
@@ -196,12 +203,7 @@ async def test_lockout_after_five_failures_spares_other_addresses(
     tls_settings, start_app, client_tls
 ):
     app = await start_app(tls_settings())
-    client = smtp_client(app.smtp_port, client_tls)
-    await client.connect()
-    try:
-        await client.ehlo()
-        await client.starttls()
-        await client.ehlo()
+    async with tls_session(app.smtp_port, client_tls) as client:
         for _ in range(5):
             with pytest.raises(aiosmtplib.SMTPAuthenticationError) as caught:
                 await login(client, "printer", "wrong")
@@ -210,17 +212,8 @@ async def test_lockout_after_five_failures_spares_other_addresses(
             await login(client, "printer", PASSWORD)  # right, but too late
         assert caught.value.code == 454
         assert caught.value.message.startswith("4.7.0 Too many failed authentication")
-    finally:
-        await client.quit()
-    other = smtp_client(app.smtp_port, client_tls, source_address=("127.0.0.2", 0))
-    await other.connect()
-    try:
-        await other.ehlo()
-        await other.starttls()
-        await other.ehlo()
+    async with tls_session(app.smtp_port, client_tls, source_address=("127.0.0.2", 0)) as other:
         assert (await login(other, "printer", PASSWORD)).code == 235
-    finally:
-        await other.quit()
 
 
 async def test_require_auth_refuses_strangers_and_allowlisted_alike(
@@ -277,12 +270,7 @@ async def test_outside_the_network_the_allowlist_applies(make_settings, start_ap
 
 async def test_a_users_allow_list_binds_mail_from_and_from(tls_settings, start_app, client_tls):
     app = await start_app(tls_settings())
-    client = smtp_client(app.smtp_port, client_tls)
-    await client.connect()
-    try:
-        await client.ehlo()
-        await client.starttls()
-        await client.ehlo()
+    async with tls_session(app.smtp_port, client_tls) as client:
         await login(client, "ups", UPS_PASSWORD, "login")
         code, text = await send(client, ALLOWED, mail(ALLOWED))  # allowlisted, not ups's
         assert code == 550
@@ -297,8 +285,6 @@ async def test_a_users_allow_list_binds_mail_from_and_from(tls_settings, start_a
         data = mail("ups@plant.example", "0412345678")
         code, text = await send(client, "UPS@plant.example", data)
         assert code == 250, text
-    finally:
-        await client.quit()
 
 
 async def test_implicit_tls_listener(tls_settings, start_app, client_tls, tmp_path):
@@ -322,12 +308,7 @@ async def test_reload_uses_the_new_certificate_for_new_connections(
 ):
     settings = tls_settings(smtp={"tls_listen": "127.0.0.1:0"})
     app = await start_app(settings)
-    old = smtp_client(app.smtp_port, client_tls)
-    await old.connect()
-    try:
-        await old.ehlo()
-        await old.starttls()
-        await old.ehlo()
+    async with tls_session(app.smtp_port, client_tls) as old:
         assert peer_names(old) == {"one.sms.test"}
         await login(old, "printer", PASSWORD)
 
@@ -360,8 +341,6 @@ async def test_reload_uses_the_new_certificate_for_new_connections(
 
         code, text = await send(old, STRANGER, mail())  # the old session still works
         assert code == 250, text
-    finally:
-        await old.quit()
 
 
 @pytest.mark.parametrize(
@@ -404,49 +383,30 @@ async def test_garbage_after_starttls_closes_that_session_only(
 async def test_a_user_removed_by_reload_is_no_longer_logged_in(tls_settings, start_app, client_tls):
     settings = tls_settings()
     app = await start_app(settings)
-    client = smtp_client(app.smtp_port, client_tls)
-    await client.connect()
-    try:
-        await client.ehlo()
-        await client.starttls()
-        await client.ehlo()
+    async with tls_session(app.smtp_port, client_tls) as client:
         await login(client, "printer", PASSWORD)
         smtp = settings.smtp.model_copy(update={"users": settings.smtp.users[1:]})
         app.reload(settings.model_copy(update={"smtp": smtp}))
         code, text = await send(client, STRANGER, mail())
         assert code == 550
         assert f"<{STRANGER}> is not allowed" in text
-    finally:
-        await client.quit()
 
 
 async def test_auth_in_the_middle_of_a_transaction_is_refused(tls_settings, start_app, client_tls):
     """RFC 4954 §4: AUTH after MAIL would change who sent a message already checked."""
     app = await start_app(tls_settings())
-    client = smtp_client(app.smtp_port, client_tls)
-    await client.connect()
-    try:
-        await client.ehlo()
-        await client.starttls()
-        await client.ehlo()
+    async with tls_session(app.smtp_port, client_tls) as client:
         await client.mail(ALLOWED)
         response = await client.execute_command(b"AUTH", b"PLAIN", b"AHByaW50ZXIAeA==")
         assert (response.code, response.message.split(" ")[0]) == (503, "5.5.1")
         await client.rset()
         await login(client, "printer", PASSWORD)  # after RSET it is fine
-    finally:
-        await client.quit()
 
 
 async def test_a_changed_password_logs_out_sessions_on_reload(tls_settings, start_app, client_tls):
     settings = tls_settings()
     app = await start_app(settings)
-    client = smtp_client(app.smtp_port, client_tls)
-    await client.connect()
-    try:
-        await client.ehlo()
-        await client.starttls()
-        await client.ehlo()
+    async with tls_session(app.smtp_port, client_tls) as client:
         await login(client, "printer", PASSWORD)
         printer = settings.smtp.users[0].model_copy(
             update={"password_hash": SecretStr(hash_password("new-Pa55word", n=FAST))}
@@ -456,5 +416,3 @@ async def test_a_changed_password_logs_out_sessions_on_reload(tls_settings, star
         code, text = await send(client, STRANGER, mail())
         assert code == 550
         assert f"<{STRANGER}> is not allowed" in text
-    finally:
-        await client.quit()
