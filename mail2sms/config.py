@@ -156,6 +156,16 @@ class SmtpConfig(Section):
     accept_auto_generated: bool = True
     duplicate_window: Duration = Field(default=600.0, ge=0)
     """The same Message-ID from the same sender within this is answered 250, not resent."""
+    max_connections: int = Field(default=200, ge=1)
+    """Sessions at once; beyond it a new client gets 421 (bounds memory and threads)."""
+    max_connections_per_client: int = Field(default=20, ge=1)
+    """Sessions at once from one IP address, so one client cannot take them all."""
+    timeout: Duration = Field(default=300.0, gt=0)
+    """Idle time allowed before each command (RFC 5321 section 4.5.3.2: 5 minutes)."""
+    data_timeout: Duration = Field(default=600.0, gt=0)
+    """Time allowed for the whole message after 354 (RFC 5321's DATA termination: 10m)."""
+    max_commands: int = Field(default=100, ge=1)
+    """NOOP/RSET/VRFY/HELP/EXPN and syntax errors per session between accepted messages."""
 
     @field_validator("hostname")
     @classmethod

@@ -49,8 +49,10 @@ _MAX_DEPTH = 20
 _MAX_PARTS = 200
 # A MIME container's Content-Type, and a boundary parameter, as the pre-scan finds them
 # (anywhere, so text that merely mentions them only makes the count safer, never smaller).
-_CONTAINER_TYPE = re.compile(rb"content-type[ \t]*:[ \t\r\n]*(?:multipart|message)/", re.I)
-_BOUNDARY_PARAM = re.compile(rb'boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.I)
+_CONTAINER_TYPE = re.compile(rb"content-type[ \t]*:[ \t\r\n]*(?:multipart|message)/", re.IGNORECASE)
+_BOUNDARY_PARAM = re.compile(
+    rb'boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE
+)
 # policy.default's address parser is slower than linear (a 100 kB From header takes
 # seconds); longer values go to the older, more forgiving getaddresses.
 _RICH_HEADER_LIMIT = 8192
