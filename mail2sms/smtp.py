@@ -185,6 +185,13 @@ class GatewaySMTP(SMTP):
             self._commands_left = self._policy.max_commands
         return status
 
+    async def handle_exception(self, error: Exception) -> str:
+        """The handler's 451; never aiosmtpd's fallback, which quotes the exception text."""
+        try:
+            return await self._gateway.handle_exception(error)
+        except Exception:  # noqa: BLE001  the reply must not depend on logging working
+            return TEMPORARY_ERROR
+
     def _timeout_cb(self) -> None:
         """Say why before hanging up on an idle client (aiosmtpd closes silently)."""
         if self._receiving_data:
