@@ -74,7 +74,10 @@ PARSE_TOO_SLOW = (
 # in cannot be stopped and finishes in the background; the MIME part limits in mail_parse
 # keep that short.
 PARSE_TIMEOUT = 8.0
-# Replies to commands that move no mail forward, which spend the session's command budget.
+# Commands that move no mail forward spend the session's command budget, as do aiosmtpd's
+# syntax and sequence errors. Counted here rather than with aiosmtpd's command_call_limit,
+# which limits each command name apart, never refills (a long session sending many messages
+# would run out of MAIL) and does not see syntax errors.
 _BUDGETED_COMMANDS = ("NOOP", "RSET", "VRFY", "HELP", "EXPN")
 _ERROR_REPLIES = (b"500 ", b"501 ", b"502 ", b"503 ", b"504 ")
 # One smtp_connection_refused line per this many seconds; the others are counted in it.
