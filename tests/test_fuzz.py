@@ -19,6 +19,8 @@ import base64
 import binascii
 import os
 import quopri
+import re
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, event, example, given, settings
@@ -35,6 +37,7 @@ from mail2sms.smtp import Client, Policy, build_message
 GATEWAY = "sms@sms.example.com"
 DOMAIN = "sms.example.com"
 ALLOWED = "alice@example.com"
+CORPUS = sorted((Path(__file__).parent / "data" / "mail").glob("*.eml"))
 
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile(
@@ -173,6 +176,34 @@ mime_tree = st.recursive(leaf(), container, max_leaves=8)
 
 
 @st.composite
+def structure_stress(draw: st.DrawFn) -> bytes:
+    """Deep or wide MIME around the limits (20 levels, 200 parts), multipart or rfc822."""
+    if draw(st.booleans()):
+        depth = draw(st.integers(0, 60))
+        kind = draw(st.sampled_from(["multipart", "message"]))
+        if kind == "message":
+            opening = b"Content-Type: message/rfc822\r\n\r\n" * depth
+            closing = b""
+        else:
+            opening = b"".join(
+                b'Content-Type: multipart/mixed; boundary="n%d"\r\n\r\n--n%d\r\n' % (i, i)
+                for i in range(depth)
+            )
+            closing = b"".join(b"\r\n--n%d--" % i for i in reversed(range(depth)))
+        return opening + b"Content-Type: text/plain\r\n\r\ndeep text" + closing + b"\r\n"
+    count = draw(st.integers(0, 400))
+    boundary = draw(st.sampled_from([b"w", b"=_w", b"w w"]))
+    parts = b"".join(
+        b"--" + boundary + b"\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i
+        for i in range(count)
+    )
+    return (
+        b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n'
+        + parts + b"--" + boundary + b"--\r\n"
+    )  # fmt: skip
+
+
+@st.composite
 def mail(draw: st.DrawFn) -> bytes:
     headers = [f"From: {draw(from_header())}", f"Subject: {draw(subject())}"]
     extra = draw(
@@ -189,7 +220,7 @@ def mail(draw: st.DrawFn) -> bytes:
         )
     )  # fmt: skip
     head = "\r\n".join(headers + extra).encode("utf-8", "surrogateescape") + b"\r\n"
-    body = draw(mime_tree)
+    body = draw(st.one_of(mime_tree, structure_stress()))
     raw = head + body
     line_end = draw(st.sampled_from(LINE_ENDS))
     if line_end != b"\r\n":
@@ -298,4 +329,40 @@ def test_text_after_valid_headers_becomes_an_sms_or_a_refusal(
         + b"\r\n\r\n"
         + body.encode("utf-8", "surrogatepass")
     )
+    check(raw, policy(**args), rcpts)
+
+
+@st.composite
+def mutated_corpus_mail(draw: st.DrawFn) -> bytes:
+    """A real mail from tests/data/mail with bytes flipped, inserted, cut or line ends changed."""
+    original = draw(st.sampled_from(CORPUS)).read_bytes()
+    # an allowed sender, so most mutations reach the text
+    raw = bytearray(re.sub(rb"(?im)^From:[^\r\n]*", f"From: {ALLOWED}".encode(), original, count=1))
+    for _ in range(draw(st.integers(1, 8))):
+        at = draw(st.integers(0, len(raw)))
+        action = draw(st.sampled_from(["flip", "insert", "cut", "line-end", "dup"]))
+        if action == "flip" and at < len(raw):
+            raw[at] = draw(st.integers(0, 255))
+        elif action == "insert":
+            raw[at:at] = draw(
+                st.one_of(
+                    st.binary(max_size=20),
+                    st.sampled_from([b"\r", b"\n", b"\r\n.\r\n", b"--", b"=?utf-8?B?", b"?=",
+                                     b"\r\nContent-Type: multipart/mixed; boundary=x\r\n"]),
+                )
+            )  # fmt: skip
+        elif action == "cut":
+            del raw[at : at + draw(st.integers(1, 200))]
+        elif action == "line-end":
+            raw = bytearray(bytes(raw).replace(b"\r\n", draw(st.sampled_from(LINE_ENDS))))
+        elif action == "dup":
+            raw[at:at] = raw[max(0, at - 300) : at] * draw(st.integers(1, 5))
+    return bytes(raw)
+
+
+@FUZZ
+@given(raw=mutated_corpus_mail(), args=policy_args, rcpts=st.just([f"+61412345678@{DOMAIN}"]))
+def test_mutated_real_mail_becomes_an_sms_or_a_refusal(
+    raw: bytes, args: dict[str, Any], rcpts: list[str]
+) -> None:
     check(raw, policy(**args), rcpts)
