@@ -218,7 +218,12 @@ def _check_part_count(raw: bytes) -> None:
         containers += 1
         if containers > _MAX_PARTS:
             raise UnparseableMailError(_TOO_MANY_PARTS)
+    # Each "--" can start at most one delimiter line: most mail stops here.
+    if containers + raw.count(b"--") <= _MAX_PARTS:
+        return
     boundaries = {a or b for a, b in _BOUNDARY_PARAM.findall(raw)}
+    if len(boundaries) > _MAX_PARTS:  # each would be a container; also keeps the regex small
+        raise UnparseableMailError(_TOO_MANY_PARTS)
     if not boundaries:
         return
     # A delimiter line: at the start of a line, "--" and a declared boundary, not its close.

@@ -121,3 +121,16 @@ def test_many_containers_are_refused_before_the_parse() -> None:
     with pytest.raises(UnparseableMailError) as caught:
         parse_mail(HEAD + nested + b"Content-Type: text/plain\r\n\r\ndeep\r\n")
     assert "more than 200 MIME parts" in caught.value.reply
+
+
+def test_many_declared_boundaries_are_refused_before_the_parse() -> None:
+    declared = b"".join(b"boundary=b%d\r\n" % i for i in range(mail_parse._MAX_PARTS + 1))
+    with pytest.raises(UnparseableMailError) as caught:
+        parse_mail(HEAD + b"\r\n" + declared + b"--b1\r\n" * (mail_parse._MAX_PARTS + 1))
+    assert "more than 200 MIME parts" in caught.value.reply
+
+
+def test_dashes_in_plain_text_are_not_parts() -> None:
+    text = b"\r\n".join([b"-- ", b"------", b"--b", b"--b--"] * 300)
+    raw = HEAD + b"Content-Type: text/plain\r\n\r\nAlarm\r\n" + text
+    assert parse_mail(raw).body.startswith("Alarm")
