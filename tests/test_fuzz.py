@@ -265,6 +265,10 @@ def check(raw: bytes, pol: Policy, rcpts: list[str]) -> None:
         assert reply[3:4] == " ", reply
         assert "\r" not in reply, reply
         assert "\n" not in reply, reply
+        # parse_mail turns any exception into a refusal; a chained one other than the
+        # stdlib's RecursionError is a bug hidden behind a 554.
+        cause = refused.__cause__
+        assert cause is None or isinstance(cause, RecursionError), repr(cause)
         return
     assert isinstance(message, NewMessage)
     event("accepted")
