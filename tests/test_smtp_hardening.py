@@ -328,3 +328,17 @@ async def test_an_exception_in_a_hook_leaks_nothing(make_settings, start_app, mo
     monkeypatch.setattr(smtp_module.log, "error", broken_log)
     assert await client.command(f"MAIL FROM:<{ALLOWED}>") == smtp_module.TEMPORARY_ERROR
     client.close()
+
+
+async def test_a_reload_applies_new_connection_limits_to_new_connections(make_settings, start_app):
+    app = await start_app(make_settings(smtp={"max_connections": 1}))
+    first = await Raw.connect(app.smtp_port)
+    assert (await first.reply()).startswith("220 ")
+    refused = await Raw.connect(app.smtp_port)
+    assert (await refused.reply()).startswith("421 4.7.0 ")
+    refused.close()
+    app.reload(make_settings(smtp={"max_connections": 2}))
+    second = await Raw.connect(app.smtp_port)
+    assert (await second.reply()).startswith("220 ")
+    second.close()
+    first.close()
