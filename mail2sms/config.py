@@ -204,6 +204,16 @@ class SmtpConfig(Section):
     tls_listen: RelayAddress = None
     """An implicit-TLS listener (port 465 style), besides ``listen``."""
     users: list[SmtpUser] = Field(default_factory=list)
+    max_connections: int = Field(default=200, ge=1)
+    """Sessions at once; beyond it a new client gets 421 (bounds memory and threads)."""
+    max_connections_per_client: int = Field(default=20, ge=1)
+    """Sessions at once from one IP address, so one client cannot take them all."""
+    timeout: Duration = Field(default=300.0, gt=0)
+    """Idle time allowed before each command (RFC 5321 section 4.5.3.2: 5 minutes)."""
+    data_timeout: Duration = Field(default=600.0, gt=0)
+    """Time allowed for the whole message after 354 (RFC 5321's DATA termination: 10m)."""
+    max_commands: int = Field(default=100, ge=1)
+    """NOOP/RSET/VRFY/HELP/EXPN and syntax errors per session between accepted messages."""
 
     @field_validator("hostname")
     @classmethod

@@ -15,6 +15,7 @@ reply to send, a provider error says whether to retry or bounce.
     │   ├── EmptyTextError           550 5.6.0 nothing to send
     │   ├── TooLongError             552 5.3.4 text or message too long
     │   ├── UnparseableMailError     554 5.6.0 the MIME structure could not be read
+    │   │   └── BadMessageDataError  554 5.6.0 NUL bytes or an end-of-data look-alike
     │   ├── AutoReplyRefusedError    550 5.7.1 a bounce or automatic reply (no loops)
     │   ├── MailLoopError            554 5.4.6 too many Received headers
     │   ├── AuthRequiredError        530 5.7.0 senders.require_auth and the client has not logged in
@@ -106,6 +107,15 @@ class UnparseableMailError(MailRefusedError):
 
     code = 554
     status = "5.6.0"
+
+
+class BadMessageDataError(UnparseableMailError):
+    """The DATA bytes break SMTP's rules in a way that can be an attack, so nothing is sent.
+
+    NUL bytes, and a line holding only ``.`` with a bare CR or LF next to it: some servers
+    take that for the end of the message, which lets a sender hide a second message inside
+    the first (SMTP smuggling).
+    """
 
 
 class QueueError(Mail2SmsError):

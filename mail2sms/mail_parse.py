@@ -40,9 +40,20 @@ if TYPE_CHECKING:
 
 __all__ = ["Cleanup", "header_block", "html_to_text", "parse_mail"]
 
-# Deeper MIME nesting than this is not mail a person or a device wrote; the stdlib parser
-# itself gives up (RecursionError) somewhere near a thousand levels.
-_MAX_DEPTH = 100
+# Deeper MIME nesting than this is not mail a person or a device wrote (a forward of a
+# forward of a reply is a handful of levels); the stdlib parser itself gives up
+# (RecursionError) somewhere near a thousand levels.
+_MAX_DEPTH = 20
+# More MIME parts (containers and leaves) than this is not a message meant for an SMS, and
+# the stdlib parser's cost grows with them (20,000 parts take about a second): counted
+# cheaply in the raw bytes before the parse, and exactly after it.
+_MAX_PARTS = 200
+# A MIME container's Content-Type, and a boundary parameter, as the pre-scan finds them
+# (anywhere, so text that merely mentions them only makes the count safer, never smaller).
+_CONTAINER_TYPE = re.compile(rb"content-type[ \t]*:[ \t\r\n]*(?:multipart|message)/", re.IGNORECASE)
+_BOUNDARY_PARAM = re.compile(
+    rb'boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE
+)
 # policy.default's address parser is slower than linear (a 100 kB From header takes
 # seconds); longer values go to the older, more forgiving getaddresses.
 _RICH_HEADER_LIMIT = 8192
@@ -71,6 +82,10 @@ _UNREADABLE = (
 )
 _TOO_DEEP = (
     f"The message's MIME parts are nested more than {_MAX_DEPTH} levels deep: "
+    "send it as plain text (Content-Type: text/plain)"
+)
+_TOO_MANY_PARTS = (
+    f"The message has more than {_MAX_PARTS} MIME parts (nested ones included): "
     "send it as plain text (Content-Type: text/plain)"
 )
 
@@ -166,6 +181,7 @@ def _escape_unterminated_tail(markup: str) -> str:
 
 
 def _parse(raw: bytes, cleanup: Cleanup) -> MailContent:
+    _check_part_count(raw)
     # compat32 is the most lenient structure parser and leaves header values raw; they are
     # decoded below, each step unable to fail.
     message = BytesParser(policy=policy.compat32).parsebytes(raw)
@@ -188,6 +204,37 @@ def _parse(raw: bytes, cleanup: Cleanup) -> MailContent:
         auto_submitted=_keyword(_first(headers, "auto-submitted")),
         received=len(headers.get("received", [])),
     )
+
+
+def _check_part_count(raw: bytes) -> None:
+    """Refuse a message with too many MIME parts before the (slow) stdlib parse.
+
+    Counts the containers declared anywhere (multipart/*, message/*) and the delimiter
+    lines of the boundaries declared anywhere, in C-speed regex scans that stop at the
+    limit. An exotic boundary this misses (RFC 2231 encoded) is still counted after the
+    parse, in ``_text_parts``.
+    """
+    containers = 0
+    for _ in _CONTAINER_TYPE.finditer(raw):
+        containers += 1
+        if containers > _MAX_PARTS:
+            raise UnparseableMailError(_TOO_MANY_PARTS)
+    # Each "--" can start at most one delimiter line: most mail stops here.
+    if containers + raw.count(b"--") <= _MAX_PARTS:
+        return
+    boundaries = {a or b for a, b in _BOUNDARY_PARAM.findall(raw)}
+    if len(boundaries) > _MAX_PARTS:  # each would be a container; also keeps the regex small
+        raise UnparseableMailError(_TOO_MANY_PARTS)
+    if not boundaries:
+        return
+    # A delimiter line: at the start of a line, "--" and a declared boundary, not its close.
+    choices = b"|".join(re.escape(b) for b in sorted(boundaries, key=len, reverse=True))
+    delimiter = re.compile(rb"(?<![^\r\n])--(?:" + choices + rb")(?!--)")
+    parts = containers
+    for _ in delimiter.finditer(raw):
+        parts += 1
+        if parts > _MAX_PARTS:
+            raise UnparseableMailError(_TOO_MANY_PARTS)
 
 
 def _keyword(value: str | None) -> str:
@@ -343,7 +390,9 @@ def _text_parts(message: Message) -> tuple[list[Message], list[Message], bool]:
     plain_parts: list[Message] = []
     html_parts: list[Message] = []
     too_deep = False
-    for part, depth in _leaves(message):
+    for count, (part, depth) in enumerate(_leaves(message), start=1):
+        if count > _MAX_PARTS:
+            raise UnparseableMailError(_TOO_MANY_PARTS)
         if depth > _MAX_DEPTH:
             too_deep = True
         elif part.get_content_disposition() != "attachment":

@@ -8,12 +8,13 @@ message is committed to the queue. Nothing slow happens here: delivery is the wo
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,6 +53,13 @@ from mail2sms.passwords import PasswordHash, parse_hash
 from mail2sms.queue import AsyncQueue
 from mail2sms.sender_verify import Resolver, SenderVerifier
 from mail2sms.sms_text import check_length, measure, normalize, truncate
+from mail2sms.smtp_guard import (
+    LogThrottle,
+    check_no_nul,
+    end_of_data_lookalike_error,
+    is_end_of_data_lookalike,
+    normalize_line_ends,
+)
 
 log = get_logger(__name__)
 
@@ -70,6 +78,33 @@ TOO_MANY_RECIPIENTS = (
 )
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_IN_TRANSACTION = "503 5.5.1 AUTH is not allowed during a mail transaction; send RSET first"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections {scope}; try again later"
+TOO_MANY_COMMANDS = (
+    "421 4.7.0 Too many commands that send no mail (NOOP, RSET, VRFY, HELP, errors); "
+    "closing the connection"
+)
+IDLE_TIMEOUT = "421 4.4.2 No command for {seconds} seconds; closing the connection"
+DATA_TIMEOUT = (
+    "421 4.4.2 The message was not received within {seconds} seconds; closing the connection"
+)
+UNREADABLE = "554 5.6.0 The message could not be read (the parser failed): send it as plain text"
+PARSE_TOO_SLOW = (
+    "554 5.6.0 The message could not be read (it took more than {seconds} seconds): "
+    "send it as plain text"
+)
+
+# How long build_message may take before the client gets PARSE_TOO_SLOW. The thread it runs
+# in cannot be stopped and finishes in the background; the MIME part limits in mail_parse
+# keep that short.
+PARSE_TIMEOUT = 8.0
+# Commands that move no mail forward spend the session's command budget, as do aiosmtpd's
+# syntax and sequence errors. Counted here rather than with aiosmtpd's command_call_limit,
+# which limits each command name apart, never refills (a long session sending many messages
+# would run out of MAIL) and does not see syntax errors.
+_BUDGETED_COMMANDS = ("NOOP", "RSET", "VRFY", "HELP", "EXPN")
+_ERROR_REPLIES = (b"500 ", b"501 ", b"502 ", b"503 ", b"504 ")
+# One smtp_connection_refused line per this many seconds; the others are counted in it.
+_REFUSAL_LOG_INTERVAL = 10.0
 
 # aiosmtpd writes these itself, without enhanced codes; they are rewritten on the way out.
 _AIOSMTPD_TOO_BIG = (
@@ -98,30 +133,75 @@ class _GatewaySession(Session):
 
 
 class GatewaySMTP(SMTP):
-    """aiosmtpd's protocol with our size replies and a registry of live sessions."""
+    """aiosmtpd's protocol with our size replies, live sessions and protocol limits.
+
+    The limits: connection caps, a command budget, timeouts that say 421, and the DATA
+    framing check against SMTP smuggling.
+    """
 
     def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:  # noqa: ANN401
-        super().__init__(handler, **kwargs)
+        policy = handler.policy  # the limits at connect time; a reload applies to new ones
+        super().__init__(handler, timeout=policy.timeout, **kwargs)
         self._gateway = handler
+        self._policy = policy
+        self.client_ip: str | None = None
+        self._turned_away = False
+        self._commands_left = policy.max_commands
+        self._receiving_data = False
+        self._data_lines: _WatchedReader | None = None
+        for name in _BUDGETED_COMMANDS:
+            method = self._smtp_methods.get(name)
+            if method is not None:
+                self._smtp_methods[name] = self._budgeted(method)
 
     def _create_session(self) -> Session:
         return _GatewaySession(self.loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Register the session so a shutdown can wait for or close it."""
-        self._gateway.sessions.add(self)
+        """Admit the client within the connection caps and register the session.
+
+        Over a cap the client gets 421 and the handler never hears of it. aiosmtpd calls
+        this again after STARTTLS; that session is already counted.
+        """
+        if self not in self._gateway.sessions:
+            self.client_ip = _ip(transport.get_extra_info("peername"))
+            reply = self._gateway.admit(self.client_ip)
+            if reply is not None:
+                self._turned_away = True
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(reply.encode("ascii") + b"\r\n")
+                transport.close()
+                return
+            self._gateway.sessions.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         """Forget the session."""
+        if self._turned_away:  # aiosmtpd never started on it
+            return
         self._gateway.sessions.discard(self)
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        """Ignore the end of a connection that was turned away."""
+        if self._turned_away:
+            return False
+        return super().eof_received()
+
     async def push(self, status: bytes | str) -> None:
-        """Send a reply, giving aiosmtpd's own size refusals their enhanced status code."""
+        """Send a reply, giving aiosmtpd's own size refusals their enhanced status code.
+
+        aiosmtpd's syntax and sequence errors (500-504) spend the command budget; ``354``
+        starts the DATA timer.
+        """
         raw = status.encode("ascii", "replace") if isinstance(status, str) else status
         if raw in _AIOSMTPD_TOO_BIG:
             raw = TOO_BIG.format(limit=self.data_size_limit).encode("ascii")
+        if raw[:4] in _ERROR_REPLIES and not self._spend_command():
+            return
+        if raw.startswith(b"354"):
+            self._receiving_data = True
+            self._reset_timeout(self._policy.data_timeout)
         await super().push(raw)
 
     @syntax("AUTH <mechanism>")
@@ -153,12 +233,99 @@ class GatewaySMTP(SMTP):
             self.session.login_hash = self._gateway.policy.user_hashes.get(user)
         return AuthResult(success=True, auth_data=user, message=AUTH_OK)
 
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802  aiosmtpd's command method
+        """Read the message through a reader that notes end-of-data look-alikes."""
+        reader = self._reader
+        self._data_lines = _WatchedReader(reader)
+        self._reader = self._data_lines  # type: ignore[assignment]  # duck-typed reader
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._reader = reader
+            self._data_lines = None
+            if self._receiving_data and self.transport is not None:
+                self._receiving_data = False
+                self._reset_timeout()
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:  # noqa: ANN401
+        """Refuse a smuggling attempt before the handler sees it; refill the budget on 250."""
+        if command != "DATA":
+            return await super()._call_handler_hook(command, *args)
+        self._receiving_data = False
+        self._reset_timeout()  # the message is in: the idle timeout covers the handler
+        if self._data_lines is not None and self._data_lines.lookalike:
+            reply = end_of_data_lookalike_error().reply
+            return self._gateway._refused("DATA", reply, self.session)  # noqa: SLF001
+        status = await super()._call_handler_hook(command, *args)
+        if isinstance(status, str) and status.startswith("250"):
+            self._commands_left = self._policy.max_commands
+        return status
+
+    async def handle_exception(self, error: Exception) -> str:
+        """The handler's 451; never aiosmtpd's fallback, which quotes the exception text."""
+        try:
+            return await self._gateway.handle_exception(error)
+        except Exception:  # noqa: BLE001  the reply must not depend on logging working
+            return TEMPORARY_ERROR
+
+    def _timeout_cb(self) -> None:
+        """Say why before hanging up on an idle client (aiosmtpd closes silently)."""
+        if self._receiving_data:
+            stage, reply = "DATA", DATA_TIMEOUT.format(seconds=_seconds(self._policy.data_timeout))
+        else:
+            stage, reply = "command", IDLE_TIMEOUT.format(seconds=_seconds(self._policy.timeout))
+        log.info("smtp_timeout", stage=stage, peer=_peer(self.session))
+        self.close_with(reply)
+
+    def _spend_command(self) -> bool:
+        """Spend one command of the budget; past it, say 421 and hang up (False)."""
+        self._commands_left -= 1
+        if self._commands_left >= 0:
+            return True
+        if self._commands_left == -1:
+            log.info("smtp_command_budget_spent", peer=_peer(self.session))
+            self.close_with(TOO_MANY_COMMANDS)
+        return False
+
+    def _budgeted(
+        self, method: Callable[[str], Awaitable[None]]
+    ) -> Callable[[str], Awaitable[None]]:
+        """Wrap an aiosmtpd command method so each call spends the budget first."""
+
+        @functools.wraps(method)  # keeps aiosmtpd's HELP syntax attributes
+        async def spend(arg: str) -> None:
+            if self._spend_command():
+                await method(arg)
+
+        return spend
+
     def close_with(self, reply: str) -> None:
         """Say goodbye (e.g. 421 at shutdown) and close the connection."""
         transport = getattr(self, "transport", None)
         if transport is not None and not transport.is_closing():
             transport.write(reply.encode("ascii") + b"\r\n")
             transport.close()
+
+
+class _WatchedReader:
+    """aiosmtpd's stream reader during DATA, noting any line with an end-of-data look-alike.
+
+    It sees each line before aiosmtpd removes the dot-stuffing, which would hide the dot.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self.lookalike = False
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await self._reader.readuntil(separator)
+        if not self.lookalike and is_end_of_data_lookalike(line):
+            self.lookalike = True
+        return line
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self._reader.read(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +356,12 @@ class Policy:
     user_allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Per ``[[smtp.users]]`` name: the senders it may use (empty: any)."""
     user_hashes: Mapping[str, PasswordHash] = field(default_factory=dict, repr=False)
+    max_connections: int = 200
+    max_connections_per_client: int = 20
+    timeout: float = 300.0
+    data_timeout: float = 600.0
+    max_commands: int = 100
+    parse_timeout: float = PARSE_TIMEOUT
 
     @classmethod
     def from_settings(cls, settings: Settings, *, resolver: Resolver | None = None) -> Policy:
@@ -230,6 +403,11 @@ class Policy:
                 user.name: parse_hash(user.password_hash.get_secret_value())
                 for user in settings.smtp.users
             },
+            max_connections=settings.smtp.max_connections,
+            max_connections_per_client=settings.smtp.max_connections_per_client,
+            timeout=settings.smtp.timeout,
+            data_timeout=settings.smtp.data_timeout,
+            max_commands=settings.smtp.max_commands,
         )
 
     def rcpt(self, address: str) -> RcptTarget:
@@ -450,6 +628,9 @@ def build_message(
     depend on the submitter rather than on the message.
     """
     client = client or Client()
+    size = len(raw)
+    check_no_nul(raw)
+    raw = normalize_line_ends(raw)
     content = parse_mail(raw, policy.cleanup)
     check_not_automatic(content, policy)
     if not content.from_addresses:
@@ -488,7 +669,7 @@ def build_message(
         text=text,
         sender_id=(options.sender_id if options else None) or policy.sender_id,
         received_at=received_at,
-        size=len(raw),
+        size=size,
         headers=header_block(raw),
         sms_type="otp" if options is not None and options.otp else "plain",
     )
@@ -522,6 +703,28 @@ class GatewayHandler:
         self.transactions = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self._refusal_log = LogThrottle(_REFUSAL_LOG_INTERVAL)
+
+    def admit(self, ip: str | None) -> str | None:
+        """None to let a new connection in, else the 421 for it (over a connection cap)."""
+        policy = self.policy
+        if len(self.sessions) >= policy.max_connections:
+            scope, reason = "to this server", "max_connections"
+        elif (
+            ip is not None
+            and sum(1 for s in self.sessions if s.client_ip == ip)
+            >= policy.max_connections_per_client
+        ):
+            scope, reason = "from your address", "max_connections_per_client"
+        else:
+            return None
+        reply = TOO_MANY_CONNECTIONS.format(scope=scope)
+        if self.metrics is not None:
+            self.metrics.refusal(reply)
+        held = self._refusal_log.allow()
+        if held is not None:
+            log.warning("smtp_connection_refused", peer=ip, reason=reason, also_refused=held)
+        return reply
 
     async def handle_MAIL(  # noqa: N802  aiosmtpd's hook name
         self,
@@ -607,18 +810,9 @@ class GatewayHandler:
         client = Client.of(session, policy)
         # "user <name>" cannot collide with an address: a user named like one has its own count
         sender = f"user {client.user}" if client.user else (envelope.mail_from or "").lower()
-        try:
-            message = await asyncio.to_thread(
-                build_message,
-                raw,
-                envelope.mail_from or "",
-                targets,
-                policy,
-                self.clock(),
-                client=client,
-            )
-        except MailRefusedError as refused:
-            return self._refusal("DATA", refused, session, sender=sender)
+        message = await self._read(session, envelope, raw, targets, client, sender=sender)
+        if isinstance(message, str):  # refused: the reply
+            return message
         window = policy.duplicate_window
         since = message.received_at - window if window > 0 else None
         try:
@@ -656,6 +850,43 @@ class GatewayHandler:
             self.on_queued(queue_id)
         return QUEUED.format(queue_id=queue_id)
 
+    async def _read(
+        self,
+        session: Session,
+        envelope: Envelope,
+        raw: bytes,
+        targets: list[RcptTarget],
+        client: Client,
+        *,
+        sender: str,
+    ) -> NewMessage | str:
+        """``build_message`` off the loop within ``parse_timeout``; a reply if it refuses."""
+        policy = self.policy
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(
+                    build_message,
+                    raw,
+                    envelope.mail_from or "",
+                    targets,
+                    policy,
+                    self.clock(),
+                    client=client,
+                ),
+                policy.parse_timeout,
+            )
+        except MailRefusedError as refused:
+            return self._refusal("DATA", refused, session, sender=sender)
+        except TimeoutError:
+            # The thread cannot be stopped; it finishes in the background.
+            log.warning("smtp_parse_timeout", size=len(raw), peer=_peer(session))
+            return self._refused(
+                "DATA", PARSE_TOO_SLOW.format(seconds=_seconds(policy.parse_timeout)), session
+            )
+        except Exception:
+            log.exception("smtp_parse_error", peer=_peer(session))
+            return self._refused("DATA", UNREADABLE, session)
+
     def _refusal(
         self, stage: str, refused: MailRefusedError, session: Session, *, sender: str
     ) -> str:
@@ -674,7 +905,7 @@ class GatewayHandler:
             )
         return self._refused(stage, refused.reply, session)
 
-    def _refused(self, stage: str, reply: str, session: Session) -> str:
+    def _refused(self, stage: str, reply: str, session: Session | None) -> str:
         """Log and count a refusal; return the reply for aiosmtpd to send."""
         log.info("smtp_refused", stage=stage, reply=reply, peer=_peer(session))
         if self.metrics is not None:
@@ -745,7 +976,17 @@ def _pass_credentials(
     return AuthResult(success=False, handled=False, auth_data=data)
 
 
-def _peer(session: Session) -> str:
+def _ip(peer: object) -> str | None:
+    """The IP address of a transport's peername, or None (e.g. a Unix socket)."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+def _seconds(value: float) -> str:
+    """A duration for a reply: whole seconds without ".0"."""
+    return f"{value:g}"
+
+
+def _peer(session: Session | None) -> str:
     peer = getattr(session, "peer", None)
     if isinstance(peer, tuple) and len(peer) >= 2:  # noqa: PLR2004  (host, port, ...)
         return f"{peer[0]}:{peer[1]}"
@@ -768,6 +1009,7 @@ async def start_server(
     loop = asyncio.get_running_loop()
 
     def factory() -> GatewaySMTP:
+        # GatewaySMTP reads the connection limits and timeouts from handler.policy.
         return GatewaySMTP(
             handler,
             hostname=handler.policy.hostname,

@@ -212,17 +212,16 @@ async def test_queue_unavailable_is_a_temporary_failure_451(make_settings, start
     assert "sqlite" not in text
 
 
-async def test_unexpected_error_is_451_430_without_internals(make_settings, start_app, monkeypatch):
+async def test_a_parser_crash_is_554_560_without_internals(make_settings, start_app, monkeypatch):
     app = await start_app(make_settings())
 
-    def explode(_raw):
+    def explode(_raw, _cleanup):
         raise RuntimeError("internal detail: /opt/secret/path")
 
     monkeypatch.setattr(smtp_module, "parse_mail", explode)
     replies = await transaction(app.smtp_port, ALLOWED, [GATEWAY], make_mail())
     code, text = replies[-1]
-    assert code == 451
-    assert text.startswith("4.3.0 ")
+    assert (code, f"{code} {text}") == (554, smtp_module.UNREADABLE)
     assert "secret" not in text
     assert "RuntimeError" not in text
     # the session survives: a later transaction on a new connection works
