@@ -268,8 +268,12 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
         before = app.sent()
         started = time.perf_counter()
         e2e_load = load_python(
-            app.port, sessions=args.sessions, messages=args.messages, size=args.size,
-            distinct_numbers=True, text="Alarm storm: site 7 down",
+            app.port,
+            sessions=args.sessions,
+            messages=args.messages,
+            size=args.size,
+            distinct_numbers=True,
+            text="Alarm storm: site 7 down",
         )
         done = app.wait_sent(before + args.messages, 600)
         e2e = (done - started) if done else float("inf")
@@ -299,9 +303,7 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
                 lat["p50_ms"] <= 10,
             )
         )
-        rows.append(
-            Row("    ... p99 <= 50 ms", f"{lat['p99_ms']:.1f} ms", lat["p99_ms"] <= 50)
-        )
+        rows.append(Row("    ... p99 <= 50 ms", f"{lat['p99_ms']:.1f} ms", lat["p99_ms"] <= 50))
         # A 150-recipient message reaches DataFlows in 2 requests.
         before_requests = json.loads(fake.ask("report"))["requests"]
         sent_before = app.sent()
@@ -343,8 +345,12 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
         app.start()
         started = time.perf_counter()
         slow_load = load_python(
-            app.port, sessions=args.sessions, messages=args.messages, size=args.size,
-            distinct_numbers=True, text="Alarm storm: site 9 down",
+            app.port,
+            sessions=args.sessions,
+            messages=args.messages,
+            size=args.size,
+            distinct_numbers=True,
+            text="Alarm storm: site 9 down",
         )
         accepted_at = started + slow_load["elapsed"]
         done = app.wait_sent(args.messages, 600)
@@ -405,8 +411,10 @@ def sweep(args: argparse.Namespace, tmp: Path) -> None:
                 run = load_python(port, sessions=level, messages=args.messages, size=args.size)
                 run["sessions"] = level
                 results[name].append(run)
-                print(f"sweep {name} x{level}: {run['rate']:.0f} msg/s p99 {run['p99_ms']:.1f}",
-                      file=sys.stderr)
+                print(
+                    f"sweep {name} x{level}: {run['rate']:.0f} msg/s p99 {run['p99_ms']:.1f}",
+                    file=sys.stderr,
+                )
     finally:
         app.stop()
         fake.close()
@@ -415,7 +423,9 @@ def sweep(args: argparse.Namespace, tmp: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=200)
@@ -431,8 +441,10 @@ def main() -> None:
     for row in rows:
         verdict = "-" if row.met is None else ("MET" if row.met else "NOT MET")
         print(f"{row.target:<{width}}  {verdict:<8}  {row.measured}")
-    print(f"\ncpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}, "
-          f"python {sys.version.split()[0]}")
+    print(
+        f"\ncpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}, "
+        f"python {sys.version.split()[0]}"
+    )
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from mail2sms.models import (
     FailedRecipient,
     NewMessage,
     RecipientState,
+    is_contact_list,
 )
 
 if TYPE_CHECKING:
@@ -209,6 +210,16 @@ WHERE queue_id = :queue_id
   AND ((state = 'pending' AND next_attempt_at <= :now)
        OR (state = 'inflight' AND lease_until < :now))
 """
+# Due messages like a given one (same text, sender ID and type), to share its request.
+_DUE_ALIKE = """
+SELECT id FROM messages WHERE id IN (
+    SELECT queue_id FROM recipients WHERE state = 'pending' AND next_attempt_at <= :now
+    UNION
+    SELECT queue_id FROM recipients WHERE state = 'inflight' AND lease_until < :now
+) AND text = :text AND sender_id = :sender_id AND sms_type = :sms_type AND id != :id
+  AND cancelled IS NULL
+ORDER BY received_at, id LIMIT :limit
+"""
 _MESSAGE_COLUMNS = """
 SELECT m.id, m.received_at, m.envelope_from, m.from_header, m.subject, m.message_id, m.text,
        m.sender_id, m.size, m.headers, m.finished_at, m.sms_type, b.state AS bounce_state,
@@ -360,6 +371,26 @@ def _same_message(
 def _check_recipients(message: NewMessage) -> None:
     if not message.recipients:
         raise ValueError("a queued message needs at least one recipient")
+
+
+def _lease_job(conn: sqlite3.Connection, queue_id: str, *, now: float, lease: float) -> ClaimedJob:
+    """Lease one message's due recipients; the job a worker sends."""
+    params = {"queue_id": queue_id, "now": now, "lease_until": now + lease}
+    due = conn.execute(_DUE_RECIPIENTS, params).fetchall()
+    conn.execute(_LEASE, params)
+    message = conn.execute(_GET_MESSAGE, (queue_id,)).fetchone()
+    return ClaimedJob(
+        queue_id=queue_id,
+        recipients=tuple(str(row["number"]) for row in due),
+        text=str(message["text"]),
+        sender_id=str(message["sender_id"]),
+        envelope_from=str(message["envelope_from"]),
+        subject=str(message["subject"]),
+        received_at=float(message["received_at"]),
+        attempts=max(int(row["attempts"]) for row in due) + 1,
+        possible_duplicates=tuple(str(row["number"]) for row in due if row["maybe_sent"]),
+        sms_type=str(message["sms_type"]),
+    )
 
 
 def _require(conn: sqlite3.Connection, queue_id: str) -> None:
@@ -647,30 +678,50 @@ class Queue:
         """Lease due recipients until ``now + lease``: one job per message, oldest first."""
         if limit <= 0:
             return []
-        jobs: list[ClaimedJob] = []
         with self._write() as conn:
             ids = [row["id"] for row in conn.execute(_DUE_MESSAGES, {"now": now, "limit": limit})]
-            for queue_id in ids:
-                params = {"queue_id": queue_id, "now": now, "lease_until": now + lease}
-                due = conn.execute(_DUE_RECIPIENTS, params).fetchall()
-                conn.execute(_LEASE, params)
-                message = conn.execute(_GET_MESSAGE, (queue_id,)).fetchone()
-                jobs.append(
-                    ClaimedJob(
-                        queue_id=queue_id,
-                        recipients=tuple(str(row["number"]) for row in due),
-                        text=str(message["text"]),
-                        sender_id=str(message["sender_id"]),
-                        envelope_from=str(message["envelope_from"]),
-                        subject=str(message["subject"]),
-                        received_at=float(message["received_at"]),
-                        attempts=max(int(row["attempts"]) for row in due) + 1,
-                        possible_duplicates=tuple(
-                            str(row["number"]) for row in due if row["maybe_sent"]
-                        ),
-                        sms_type=str(message["sms_type"]),
-                    )
-                )
+            return [_lease_job(conn, queue_id, now=now, lease=lease) for queue_id in ids]
+
+    def claim_alike(
+        self, job: ClaimedJob, *, room: int, now: float, lease: float
+    ) -> list[ClaimedJob]:
+        """Lease other due messages with ``job``'s text, sender ID and type, to share its request.
+
+        A provider that takes one text to many numbers in one request (DataFlows: 100) can
+        then send an alarm storm (the same text, one mail per person) in a fraction of the
+        requests its rate limit allows. Only whole messages are taken, whose due numbers
+        fit in ``room`` and are not already in the request (a provider removes repeated
+        numbers, which would lose an SMS); contact lists are never combined.
+        """
+        if room <= 0:
+            return []
+        taken = set(job.recipients)
+        jobs: list[ClaimedJob] = []
+        params = {
+            "now": now,
+            "text": job.text,
+            "sender_id": job.sender_id,
+            "sms_type": job.sms_type,
+            "id": job.queue_id,
+            "limit": room,
+        }
+        with self._write() as conn:
+            for row in conn.execute(_DUE_ALIKE, params).fetchall():
+                queue_id = str(row["id"])
+                due_params = {"queue_id": queue_id, "now": now}
+                numbers = [str(r["number"]) for r in conn.execute(_DUE_RECIPIENTS, due_params)]
+                if (
+                    not numbers
+                    or len(numbers) > room
+                    or taken.intersection(numbers)
+                    or any(is_contact_list(n) for n in numbers)
+                ):
+                    continue
+                jobs.append(_lease_job(conn, queue_id, now=now, lease=lease))
+                taken.update(numbers)
+                room -= len(numbers)
+                if room <= 0:
+                    break
         return jobs
 
     def next_due(self) -> float | None:
@@ -1040,6 +1091,12 @@ class AsyncQueue:
     async def claim(self, *, now: float, lease: float, limit: int) -> list[ClaimedJob]:
         """See ``Queue.claim``."""
         return await self._run(self._queue.claim, now=now, lease=lease, limit=limit)
+
+    async def claim_alike(
+        self, job: ClaimedJob, *, room: int, now: float, lease: float
+    ) -> list[ClaimedJob]:
+        """See ``Queue.claim_alike``."""
+        return await self._run(self._queue.claim_alike, job, room=room, now=now, lease=lease)
 
     async def next_due(self) -> float | None:
         """See ``Queue.next_due``."""

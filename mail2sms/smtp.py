@@ -8,6 +8,7 @@ message is committed to the queue. Nothing slow happens here: delivery is the wo
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,10 @@ TEMPORARY_ERROR = "451 4.3.0 Temporary local problem, please try again later"
 QUEUE_UNAVAILABLE = "451 4.3.0 The message could not be stored, please try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
 TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
+
+RCPT_CACHE_SIZE = 4096  # addresses remembered per Policy (cleared, not evicted, when full)
+INLINE_PARSE = 64 * 1024
+"""Mail up to this size (bytes) is parsed on the event loop: well under a millisecond."""
 
 # aiosmtpd writes these itself, without enhanced codes; they are rewritten on the way out.
 _AIOSMTPD_TOO_BIG = (
@@ -106,6 +111,10 @@ class Policy:
     on_too_long: str = "reject"
     cleanup: Cleanup | None = None
     duplicate_window: float = 600.0
+    _rcpt_cache: dict[str, RcptTarget] = field(default_factory=dict, compare=False, repr=False)
+    """Addresses already classified: phone number parsing is the costliest part of RCPT,
+    and alerting systems write to the same few addresses all day. A reload makes a new
+    Policy, so the cache never outlives the settings it was computed with."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -137,13 +146,19 @@ class Policy:
 
     def rcpt(self, address: str) -> RcptTarget:
         """Classify a RCPT address against the gateway addresses, domains and aliases."""
-        return parse_rcpt(
-            address,
-            gateway_addresses=self.gateway_addresses,
-            gateway_domains=self.gateway_domains,
-            default_region=self.default_region,
-            aliases=self.aliases,
-        )
+        target = self._rcpt_cache.get(address)
+        if target is None:  # a refusal raises and is not cached: it is the rare case
+            target = parse_rcpt(
+                address,
+                gateway_addresses=self.gateway_addresses,
+                gateway_domains=self.gateway_domains,
+                default_region=self.default_region,
+                aliases=self.aliases,
+            )
+            if len(self._rcpt_cache) >= RCPT_CACHE_SIZE:
+                self._rcpt_cache.clear()
+            self._rcpt_cache[address] = target
+        return target
 
     def sender_allowed(self, address: str) -> bool:
         """An exact address (case-insensitive) or ``@domain`` in senders.allow.
@@ -425,16 +440,19 @@ class GatewayHandler:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         targets = [policy.rcpt(a) for a in envelope.rcpt_tos]
+        build = functools.partial(
+            build_message,
+            raw,
+            envelope.mail_from or "",
+            targets,
+            policy,
+            self.clock(),
+            client=Client.of(session),
+        )
         try:
-            message = await asyncio.to_thread(
-                build_message,
-                raw,
-                envelope.mail_from or "",
-                targets,
-                policy,
-                self.clock(),
-                client=Client.of(session),
-            )
+            # A thread only pays for big mail: the GIL keeps parsing serial either way, and
+            # each hop to a thread and back costs a GIL hand-over that delays every session.
+            message = build() if len(raw) <= INLINE_PARSE else await asyncio.to_thread(build)
         except MailRefusedError as refused:
             return self._refused("DATA", refused.reply, session)
         window = policy.duplicate_window
