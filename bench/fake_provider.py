@@ -2,7 +2,8 @@
 
 Its own process, so its HTTP threads do not take the GIL from mail2sms or the load
 generator. Prints ``URL <base url>``; each line ``report`` on stdin is answered with one
-JSON line (requests, SMS sent, distinct (number, text) pairs); stdin closed ends it.
+JSON line (POST requests, SMS sent, distinct (number, text) pairs); ``report PREFIX``
+also counts the requests carrying a number that starts with PREFIX. Stdin closed ends it.
 """
 
 from __future__ import annotations
@@ -29,10 +30,22 @@ def main() -> None:
         fake.rate_limit = args.rate_limit or None
         print("URL", fake.url, flush=True)
         for line in sys.stdin:
-            if line.strip() == "report":
+            command, _, prefix = line.strip().partition(" ")
+            if command == "report":
                 sent = fake.sent
                 pairs = {(s.number, s.message) for s in sent}
-                report = {"requests": len(fake.requests), "sent": len(sent), "distinct": len(pairs)}
+                posts = [r for r in fake.requests if r.method == "POST"]
+                report = {
+                    "requests": len(posts),
+                    "sent": len(sent),
+                    "distinct": len(pairs),
+                    "requests_with": sum(  # requests carrying a number that starts so
+                        1
+                        for r in posts
+                        if prefix
+                        and any(n.startswith(prefix) for n in r.body["recipient"].split(","))
+                    ),
+                }
                 print(json.dumps(report), flush=True)
 
 

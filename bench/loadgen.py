@@ -28,12 +28,12 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[index]
 
 
-def message(i: int, size: int, sender: str, rcpt: str, text: str) -> bytes:
+def message(i: int, size: int, sender: str, rcpt: str, text: str, *, same: bool) -> bytes:
     head = (
         f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: bench {i}\r\n"
         f"Message-ID: <bench.{i}.{time.time_ns()}@loadgen>\r\n\r\n"
     )
-    body = f"{text} {i} "
+    body = f"{text} " if same else f"{text} {i} "
     pad = max(0, size - len(head) - len(body) - 2)
     return (head + body + "x" * pad + "\r\n").encode()
 
@@ -85,7 +85,9 @@ class Run:
                 writer.write(b"RSET\r\n")
                 await reply(reader)
                 continue
-            writer.write(message(i, args.size, args.sender, rcpt, args.text) + b".\r\n")
+            writer.write(
+                message(i, args.size, args.sender, rcpt, args.text, same=args.same_text) + b".\r\n"
+            )
             t0 = time.perf_counter()
             code = await reply(reader)
             self.latencies.append(time.perf_counter() - t0)
@@ -138,7 +140,8 @@ def main() -> None:
     parser.add_argument("--sender", default="alice@example.com")
     parser.add_argument("--domain", default="sms.example.com")
     parser.add_argument("--text", default="Alarm")
-    parser.add_argument("--distinct-numbers", action="store_true")
+    parser.add_argument("--distinct-numbers", action="store_true", help="one number each")
+    parser.add_argument("--same-text", action="store_true", help="every body the same")
     parser.add_argument("--idle", type=int, default=0)
     args = parser.parse_args()
     if args.idle:

@@ -62,6 +62,9 @@ def smtp_source() -> list[str] | None:
     return None
 
 
+STARTED: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = []  # ended at exit
+
+
 class Child:
     """A helper process that says one line when ready and ends when its stdin closes."""
 
@@ -69,6 +72,7 @@ class Child:
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=HERE.parent
         )
+        STARTED.append(self.proc)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
         if not line or line[0] != prefix:
@@ -144,6 +148,7 @@ path = "{self.queue_path}"
         self.proc = subprocess.Popen(
             [PY, "-m", "mail2sms", "serve", "-c", str(cfg)], env=env, stderr=log, stdout=log
         )
+        STARTED.append(self.proc)
         try:
             while True:
                 datagram = sock.recv(4096).decode()
@@ -249,12 +254,15 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
         time.sleep(1)
         idle = rss_mb(app.proc.pid)  # type: ignore[union-attr]
         rows.append(Row("RSS idle <= 60 MB", f"{idle:.1f} MB", idle <= 60))
-        runs, expected = [], 0
-        for _ in range(args.repeat):
-            runs.append(load(app.port, args, tool))
-            expected += args.messages
-            app.wait_sent(expected, 600)
+        # Flat-out accept rate. smtp-source sends one text to one number, which DataFlows'
+        # 10 requests/s deliver in minutes: that backlog stays in this instance, and the
+        # end-to-end figures below come from a fresh one.
+        runs = [load(app.port, args, tool) for _ in range(args.repeat)]
         accept = best(runs)
+        app.stop()
+        app = Mail2sms(tmp / "e2e", fake.value)
+        app.workdir.mkdir()
+        app.start()
         ratio = accept["rate"] / bare_rate
         rows.append(
             Row(
@@ -266,6 +274,7 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
         )
         # End to end: an alarm storm, one text to many numbers (Python load: distinct numbers).
         before = app.sent()
+        before_requests = json.loads(fake.ask("report"))["requests"]
         started = time.perf_counter()
         e2e_load = load_python(
             app.port,
@@ -273,21 +282,23 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
             messages=args.messages,
             size=args.size,
             distinct_numbers=True,
+            same_text=True,
             text="Alarm storm: site 7 down",
         )
         done = app.wait_sent(before + args.messages, 600)
         e2e = (done - started) if done else float("inf")
         report = json.loads(fake.ask("report"))
         lost = args.messages - (app.sent() - before)
+        twice = report["sent"] - app.sent()  # SMS the provider got beyond those recorded sent
         rows.append(
             Row(
                 "end to end (0 ms provider) <= 2 x accept time",
                 f"{e2e:.2f} s vs accept {e2e_load['elapsed']:.2f} s"
-                f" ({e2e / e2e_load['elapsed']:.2f} x); {report['requests']} requests",
+                f" ({e2e / e2e_load['elapsed']:.2f} x);"
+                f" {report['requests'] - before_requests} requests",
                 e2e <= 2 * e2e_load["elapsed"],
             )
         )
-        twice = report["sent"] - report["distinct"]
         rows.append(
             Row("none lost, none twice", f"lost {lost}, twice {twice}", lost == 0 and twice == 0)
         )
@@ -305,7 +316,6 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
         )
         rows.append(Row("    ... p99 <= 50 ms", f"{lat['p99_ms']:.1f} ms", lat["p99_ms"] <= 50))
         # A 150-recipient message reaches DataFlows in 2 requests.
-        before_requests = json.loads(fake.ask("report"))["requests"]
         sent_before = app.sent()
         numbers = [f"+6143{i:07d}@{DOMAIN}" for i in range(150)]
         mail = EmailMessage()
@@ -314,7 +324,7 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
         with smtplib.SMTP("127.0.0.1", app.port) as client:
             client.send_message(mail, from_addr=SENDER, to_addrs=numbers)
         app.wait_sent(sent_before + 150, 60)
-        requests = json.loads(fake.ask("report"))["requests"] - before_requests
+        requests = json.loads(fake.ask("report 6143"))["requests_with"]
         rows.append(Row("150-recipient message in 2 requests", f"{requests}", requests == 2))
         # Memory with 500 idle connections.
         holder = Child(
@@ -350,6 +360,7 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
             messages=args.messages,
             size=args.size,
             distinct_numbers=True,
+            same_text=True,
             text="Alarm storm: site 9 down",
         )
         accepted_at = started + slow_load["elapsed"]
@@ -379,6 +390,10 @@ def bench(args: argparse.Namespace) -> list[Row]:  # noqa: C901, PLR0915
         if args.sweep:
             sweep(args, tmp)
     finally:
+        for proc in STARTED:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
