@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fakes.dataflows import DEFAULT_TOKEN, FakeDataFlows  # noqa: E402
+from fakes.dataflows import DEFAULT_TOKEN, FakeDataFlows
 
 
 def main() -> None:
