@@ -463,7 +463,7 @@ def test_every_log_event_is_documented():
 
 
 def test_links_between_docs_resolve():
-    names = ("configuration.md", "providers.md", "operations.md")
+    names = ("configuration.md", "providers.md", "operations.md", "performance.md")
     anchors = {
         name: {slug(h) for h in re.findall(r"^#+ (.+)$", doc(name), re.MULTILINE)} for name in names
     }
