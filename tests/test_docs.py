@@ -472,6 +472,9 @@ def test_links_between_docs_resolve():
         for target in re.findall(r"\]\(([^)\s]+)\)", doc(name)):
             if target.startswith(("http://", "https://")):
                 continue
+            if target.endswith(".png"):  # a figure: the file must be there
+                assert (DOCS / target).is_file(), f"{name}: missing image {target}"
+                continue
             file, _, anchor = target.partition("#")
             file = file or name
             assert file in anchors, f"{name}: link to missing {target}"
