@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from mail2sms.config import DeliveryConfig
 from mail2sms.errors import (
@@ -147,64 +148,101 @@ class Delivery(QueueLoop):
         """Send the job batch by batch, renewing the lease before each.
 
         A long job (many batches, rate limiting, slow answers) is then never claimed
-        again by another worker while this one still works on it.
+        again by another worker while this one still works on it. A job that leaves room
+        in its request takes other due messages with the same text along (see
+        ``Queue.claim_alike``): one request, one token of the provider's rate limit.
         """
         lists = [r for r in job.recipients if is_contact_list(r)]
         numbers = [r for r in job.recipients if not is_contact_list(r)]
-        for batch in chunks(numbers, self.provider.max_recipients):
-            await self._send_batch(job, batch)
+        room = self.provider.max_recipients - len(numbers)
+        if numbers and room > 0:
+            alike = await self.queue.claim_alike(
+                replace(job, recipients=tuple(numbers)),
+                room=room,
+                now=self.clock(),
+                lease=self.lease,
+            )
+            await self._send_batch([(job, tuple(numbers)), *((o, o.recipients) for o in alike)])
+        else:
+            for batch in chunks(numbers, self.provider.max_recipients):
+                await self._send_batch([(job, batch)])
         for contact_list in lists:  # a contact list is always a request of its own
             if not self.provider.supports_contact_lists:
                 reason = f"{self.provider.name} cannot send to contact lists (DataFlows can)"
                 await self._fail(job, (contact_list,), reason, "5.3.3")
                 continue
-            await self._send_batch(job, (contact_list,))
+            await self._send_batch([(job, (contact_list,))])
 
-    async def _send_batch(self, job: ClaimedJob, numbers: tuple[str, ...]) -> None:
-        await self.queue.renew_lease(job.queue_id, job.recipients, until=self.clock() + self.lease)
-        maybe_sent = [n for n in numbers if n in job.possible_duplicates]
-        if maybe_sent:
-            log.warning(
-                "possible_duplicate",
-                queue_id=job.queue_id,
-                recipients=maybe_sent,
-                detail="a send to these was in flight when the daemon stopped or a worker died; "
-                "the provider may already have sent it",
-            )
+    async def _send_batch(self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]]) -> None:
+        """Send one request for the numbers of one or more jobs with the same text."""
+        await self._renew(parts)
+        first = parts[0][0]
         batch = SmsBatch(
-            queue_id=job.queue_id,
-            recipients=numbers,
-            text=job.text,
-            sender_id=job.sender_id,
-            sms_type=job.sms_type,
+            queue_id=first.queue_id,
+            recipients=tuple(n for _job, numbers in parts for n in numbers),
+            text=first.text,
+            sender_id=first.sender_id,
+            sms_type=first.sms_type,
         )
         if self.limiter is not None:
             await self.limiter.acquire()  # stay under the provider's published rate limit
         started = self.clock()
         try:
             results = await self.provider.send(batch)
-        except ProviderAccountError as exc:
-            log.error(  # noqa: TRY400  an expected condition: the traceback would be noise
+        except Exception as exc:  # noqa: BLE001  every failure is recorded, none is lost
+            await self._request_failed(parts, exc)
+            return
+        duration = self.clock() - started
+        if self.metrics is not None:
+            self.metrics.latency.labels(provider=self.provider.name).observe(duration)
+        for job, numbers in parts:
+            await self._record(job, numbers, results, duration)
+
+    async def _renew(self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]]) -> None:
+        """Extend the leases before a request, and say which numbers may get it twice."""
+        for job, numbers in parts:
+            until = self.clock() + self.lease
+            await self.queue.renew_lease(job.queue_id, job.recipients, until=until)
+            maybe_sent = [n for n in numbers if n in job.possible_duplicates]
+            if maybe_sent:
+                log.warning(
+                    "possible_duplicate",
+                    queue_id=job.queue_id,
+                    recipients=maybe_sent,
+                    detail="a send to these was in flight when the daemon stopped or a worker "
+                    "died; the provider may already have sent it",
+                )
+
+    async def _request_failed(
+        self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]], exc: Exception
+    ) -> None:
+        """A request failed as a whole: retry or fail every job that was in it."""
+        first = parts[0][0]
+        if isinstance(exc, ProviderAccountError):
+            log.error(
                 "provider_account_error",
-                queue_id=job.queue_id,
+                queue_id=first.queue_id,
                 provider=self.provider.name,
                 error=str(exc),
                 hint="check provider.token and the account's balance; mail stays queued",
             )
-            # never given up on: a wrong token must not bounce every customer's mail
-            await self._retry(job, numbers, str(exc), exc.retry_after, may_give_up=False)
-            return
-        except TransientProviderError as exc:
-            await self._retry(job, numbers, str(exc), exc.retry_after)
-            return
-        except PermanentProviderError as exc:
-            await self._fail(job, numbers, str(exc), exc.status)
-            return
-        except Exception as exc:
-            log.exception("provider_crashed", queue_id=job.queue_id, provider=self.provider.name)
-            await self._retry(job, numbers, f"internal error: {type(exc).__name__}", None)
-            return
-        await self._record(job, numbers, results, self.clock() - started)
+        elif not isinstance(exc, TransientProviderError | PermanentProviderError):
+            log.error(
+                "provider_crashed",
+                queue_id=first.queue_id,
+                provider=self.provider.name,
+                exc_info=exc,
+            )
+        for job, numbers in parts:
+            if isinstance(exc, ProviderAccountError):
+                # never given up on: a wrong token must not bounce every customer's mail
+                await self._retry(job, numbers, str(exc), exc.retry_after, may_give_up=False)
+            elif isinstance(exc, TransientProviderError):
+                await self._retry(job, numbers, str(exc), exc.retry_after)
+            elif isinstance(exc, PermanentProviderError):
+                await self._fail(job, numbers, str(exc), exc.status)
+            else:
+                await self._retry(job, numbers, f"internal error: {type(exc).__name__}", None)
 
     async def _record(
         self,
@@ -221,8 +259,6 @@ class Delivery(QueueLoop):
         held = [n for n in numbers if n in by_number and by_number[n].outcome is Outcome.HELD]
         retry = [n for n in numbers if n not in sent and n not in failed and n not in held]
         self._count("sent", len(sent))
-        if self.metrics is not None:
-            self.metrics.latency.labels(provider=self.provider.name).observe(duration)
         if sent:
             await self.queue.mark_sent(
                 job.queue_id,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import html
 import io
 import re
@@ -57,6 +58,9 @@ _BOUNDARY_PARAM = re.compile(
 # policy.default's address parser is slower than linear (a 100 kB From header takes
 # seconds); longer values go to the older, more forgiving getaddresses.
 _RICH_HEADER_LIMIT = 8192
+# The registry builds a new header class on every lookup (a metaclass call each time):
+# looked up once here instead.
+_FROM_HEADER = policy.default.header_factory["from"]  # type: ignore[index]  # a HeaderRegistry
 
 _LINE_BREAK = re.compile(r"\r\n|\r")
 # Characters that must not survive into a header value handed on (CR/LF and Unicode's
@@ -317,11 +321,17 @@ def _addresses(value: str) -> list[str]:
     yields every address either parser sees, so each one must pass the sender checks: a
     forged address cannot hide behind an unquoted display name.
     """
+    return list(_cached_addresses(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_addresses(value: str) -> tuple[str, ...]:
+    """``_addresses``, remembered: alerting systems send the same From line all day."""
     text = _plain_header(value)
     found: list[str] | None = None
     if len(text) <= _RICH_HEADER_LIMIT:
         try:
-            header = policy.default.header_factory("from", text)
+            header = _FROM_HEADER("from", text)
             found = [str(address.addr_spec) for address in header.addresses]
             if any(isinstance(d, email_errors.InvalidHeaderDefect) for d in header.defects):
                 legacy = [address for _, address in getaddresses([text])]
@@ -330,7 +340,7 @@ def _addresses(value: str) -> list[str]:
             found = None
     if found is None:
         found = [address for _, address in getaddresses([text])]
-    return [_one_line(address).strip() for address in found if address.strip("<> ")]
+    return tuple(_one_line(address).strip() for address in found if address.strip("<> "))
 
 
 def _message_id(value: str | None) -> str | None:

@@ -50,6 +50,7 @@ from mail2sms.models import (
     FailedRecipient,
     NewMessage,
     RecipientState,
+    is_contact_list,
 )
 
 if TYPE_CHECKING:
@@ -226,6 +227,16 @@ SET state = 'inflight', lease_until = :lease_until, attempts = attempts + 1, upd
 WHERE queue_id = :queue_id
   AND ((state = 'pending' AND next_attempt_at <= :now)
        OR (state = 'inflight' AND lease_until < :now))
+"""
+# Due messages like a given one (same text, sender ID and type), to share its request.
+_DUE_ALIKE = """
+SELECT id FROM messages WHERE id IN (
+    SELECT queue_id FROM recipients WHERE state = 'pending' AND next_attempt_at <= :now
+    UNION
+    SELECT queue_id FROM recipients WHERE state = 'inflight' AND lease_until < :now
+) AND text = :text AND sender_id = :sender_id AND sms_type = :sms_type AND id != :id
+  AND cancelled IS NULL
+ORDER BY received_at, id LIMIT :limit
 """
 _MESSAGE_COLUMNS = """
 SELECT m.id, m.received_at, m.envelope_from, m.from_header, m.subject, m.message_id, m.text,
@@ -409,6 +420,31 @@ def _count_usage(
     )
 
 
+def _check_recipients(message: NewMessage) -> None:
+    if not message.recipients:
+        raise ValueError("a queued message needs at least one recipient")
+
+
+def _lease_job(conn: sqlite3.Connection, queue_id: str, *, now: float, lease: float) -> ClaimedJob:
+    """Lease one message's due recipients; the job a worker sends."""
+    params = {"queue_id": queue_id, "now": now, "lease_until": now + lease}
+    due = conn.execute(_DUE_RECIPIENTS, params).fetchall()
+    conn.execute(_LEASE, params)
+    message = conn.execute(_GET_MESSAGE, (queue_id,)).fetchone()
+    return ClaimedJob(
+        queue_id=queue_id,
+        recipients=tuple(str(row["number"]) for row in due),
+        text=str(message["text"]),
+        sender_id=str(message["sender_id"]),
+        envelope_from=str(message["envelope_from"]),
+        subject=str(message["subject"]),
+        received_at=float(message["received_at"]),
+        attempts=max(int(row["attempts"]) for row in due) + 1,
+        possible_duplicates=tuple(str(row["number"]) for row in due if row["maybe_sent"]),
+        sms_type=str(message["sms_type"]),
+    )
+
+
 def _require(conn: sqlite3.Connection, queue_id: str) -> None:
     if conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is None:
         raise NotFoundError(f"no queued message with id {queue_id}")
@@ -463,6 +499,8 @@ class Queue:
 
     def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.path = Path(path)
+        self.commits = 0
+        """Write transactions committed (each one fsync): the benchmark and tests read it."""
         with self._guard("cannot be opened"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             created = not self.path.exists()
@@ -552,6 +590,8 @@ class Queue:
         try:
             yield conn
             conn.execute("COMMIT")
+            if write:
+                self.commits += 1
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -590,48 +630,87 @@ class Queue:
         ``received_at`` is the time the sliding windows are measured from. A duplicate is
         not counted: nothing more is sent for it.
         """
-        numbers = list(dict.fromkeys(message.recipients))
-        if not numbers:
-            raise ValueError("a queued message needs at least one recipient")
-        now = message.received_at
+        _check_recipients(message)
         with self._write() as conn:
-            if since is not None and message.message_id:
-                earlier = _same_message(conn, message, numbers, since)
-                if earlier is not None:
-                    return earlier, True
-            if quota is not None:
-                _count_usage(conn, quota, numbers, now)
-            for _ in range(5):
-                queue_id = new_queue_id(now)
+            return self._enqueue_in(conn, message, since, quota)
+
+    def enqueue_group(
+        self, items: Sequence[tuple[NewMessage, float | None, Quota | None]]
+    ) -> list[tuple[str, bool] | Exception]:
+        """Enqueue several messages in ONE transaction: one commit, one fsync for all.
+
+        This is the group commit behind ``AsyncQueue``: each message runs in a SAVEPOINT of
+        its own, so one that fails (a refusal, a database error) is rolled back alone and
+        its slot in the result holds the exception; the others keep their ids. Nothing is
+        durable before the COMMIT, so if that fails this raises and no caller may say 250.
+        """
+        results: list[tuple[str, bool] | Exception] = []
+        with self._write() as conn:
+            for message, since, quota in items:
                 try:
-                    conn.execute(
-                        "INSERT INTO messages (id, received_at, envelope_from, from_header,"
-                        " subject, message_id, text, sender_id, size, headers, sms_type)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            queue_id,
-                            now,
-                            message.envelope_from,
-                            message.from_header,
-                            message.subject,
-                            message.message_id,
-                            message.text,
-                            message.sender_id,
-                            message.size,
-                            message.headers,
-                            message.sms_type,
-                        ),
-                    )
-                    break
-                except sqlite3.IntegrityError:
-                    continue  # the same id in the same millisecond: draw again
-            else:
-                raise QueueUnavailableError(f"queue {self.path}: no unused queue id found")
-            conn.executemany(
-                "INSERT INTO recipients (queue_id, number, position, state, next_attempt_at,"
-                " updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
-                [(queue_id, number, i, now, now) for i, number in enumerate(numbers)],
-            )
+                    _check_recipients(message)
+                except ValueError as exc:
+                    results.append(exc)
+                    continue
+                conn.execute("SAVEPOINT enqueue")
+                try:
+                    with self._guard():
+                        results.append(self._enqueue_in(conn, message, since, quota))
+                except Exception as exc:
+                    if not conn.in_transaction:
+                        raise  # SQLite gave up the whole transaction: none of it is stored
+                    conn.execute("ROLLBACK TO enqueue")
+                    results.append(exc)
+                conn.execute("RELEASE enqueue")
+        return results
+
+    def _enqueue_in(
+        self,
+        conn: sqlite3.Connection,
+        message: NewMessage,
+        since: float | None,
+        quota: Quota | None = None,
+    ) -> tuple[str, bool]:
+        """The body of ``enqueue_unless_duplicate``, inside a transaction already open."""
+        numbers = list(dict.fromkeys(message.recipients))
+        now = message.received_at
+        if since is not None and message.message_id:
+            earlier = _same_message(conn, message, numbers, since)
+            if earlier is not None:
+                return earlier, True
+        if quota is not None:
+            _count_usage(conn, quota, numbers, now)
+        for _ in range(5):
+            queue_id = new_queue_id(now)
+            try:
+                conn.execute(
+                    "INSERT INTO messages (id, received_at, envelope_from, from_header,"
+                    " subject, message_id, text, sender_id, size, headers, sms_type)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        queue_id,
+                        now,
+                        message.envelope_from,
+                        message.from_header,
+                        message.subject,
+                        message.message_id,
+                        message.text,
+                        message.sender_id,
+                        message.size,
+                        message.headers,
+                        message.sms_type,
+                    ),
+                )
+                break
+            except sqlite3.IntegrityError:
+                continue  # the same id in the same millisecond: draw again
+        else:
+            raise QueueUnavailableError(f"queue {self.path}: no unused queue id found")
+        conn.executemany(
+            "INSERT INTO recipients (queue_id, number, position, state, next_attempt_at,"
+            " updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+            [(queue_id, number, i, now, now) for i, number in enumerate(numbers)],
+        )
         return queue_id, False
 
     def recover(self, now: float) -> int:
@@ -662,30 +741,50 @@ class Queue:
         """Lease due recipients until ``now + lease``: one job per message, oldest first."""
         if limit <= 0:
             return []
-        jobs: list[ClaimedJob] = []
         with self._write() as conn:
             ids = [row["id"] for row in conn.execute(_DUE_MESSAGES, {"now": now, "limit": limit})]
-            for queue_id in ids:
-                params = {"queue_id": queue_id, "now": now, "lease_until": now + lease}
-                due = conn.execute(_DUE_RECIPIENTS, params).fetchall()
-                conn.execute(_LEASE, params)
-                message = conn.execute(_GET_MESSAGE, (queue_id,)).fetchone()
-                jobs.append(
-                    ClaimedJob(
-                        queue_id=queue_id,
-                        recipients=tuple(str(row["number"]) for row in due),
-                        text=str(message["text"]),
-                        sender_id=str(message["sender_id"]),
-                        envelope_from=str(message["envelope_from"]),
-                        subject=str(message["subject"]),
-                        received_at=float(message["received_at"]),
-                        attempts=max(int(row["attempts"]) for row in due) + 1,
-                        possible_duplicates=tuple(
-                            str(row["number"]) for row in due if row["maybe_sent"]
-                        ),
-                        sms_type=str(message["sms_type"]),
-                    )
-                )
+            return [_lease_job(conn, queue_id, now=now, lease=lease) for queue_id in ids]
+
+    def claim_alike(
+        self, job: ClaimedJob, *, room: int, now: float, lease: float
+    ) -> list[ClaimedJob]:
+        """Lease other due messages with ``job``'s text, sender ID and type, to share its request.
+
+        A provider that takes one text to many numbers in one request (DataFlows: 100) can
+        then send an alarm storm (the same text, one mail per person) in a fraction of the
+        requests its rate limit allows. Only whole messages are taken, whose due numbers
+        fit in ``room`` and are not already in the request (a provider removes repeated
+        numbers, which would lose an SMS); contact lists are never combined.
+        """
+        if room <= 0:
+            return []
+        taken = set(job.recipients)
+        jobs: list[ClaimedJob] = []
+        params = {
+            "now": now,
+            "text": job.text,
+            "sender_id": job.sender_id,
+            "sms_type": job.sms_type,
+            "id": job.queue_id,
+            "limit": room,
+        }
+        with self._write() as conn:
+            for row in conn.execute(_DUE_ALIKE, params).fetchall():
+                queue_id = str(row["id"])
+                due_params = {"queue_id": queue_id, "now": now}
+                numbers = [str(r["number"]) for r in conn.execute(_DUE_RECIPIENTS, due_params)]
+                if (
+                    not numbers
+                    or len(numbers) > room
+                    or taken.intersection(numbers)
+                    or any(is_contact_list(n) for n in numbers)
+                ):
+                    continue
+                jobs.append(_lease_job(conn, queue_id, now=now, lease=lease))
+                taken.update(numbers)
+                room -= len(numbers)
+                if room <= 0:
+                    break
         return jobs
 
     def next_due(self) -> float | None:
@@ -925,6 +1024,19 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
+@dataclass(frozen=True, slots=True)
+class _Enqueue:
+    """One enqueue waiting for the next group commit."""
+
+    message: NewMessage
+    since: float | None
+    quota: Quota | None
+    future: asyncio.Future[tuple[str, bool]]
+
+
+MAX_GROUP = 256  # messages per group commit: bounds one transaction's time and size
+
+
 class AsyncQueue:
     """Runs every Queue call on ONE dedicated worker thread (sqlite3 connections are per-thread).
 
@@ -932,6 +1044,12 @@ class AsyncQueue:
     If the awaiting task is cancelled, the call still runs to its end on the thread (a
     transaction is never cut in half); an enqueue may then commit without a 250 reply, which
     at worst duplicates the message when the client sends it again.
+
+    Enqueues are committed in groups: while one commit (and its fsync) runs, the enqueues
+    that arrive wait, and the next commit takes them all (``Queue.enqueue_group``). No
+    timer holds a lone message back, so a quiet gateway still answers at one fsync's
+    latency, and a busy one pays one fsync per group instead of one per message. Each
+    caller is answered only after the commit that holds its message returned.
     """
 
     def __init__(self, queue: Queue, executor: ThreadPoolExecutor) -> None:
@@ -939,6 +1057,8 @@ class AsyncQueue:
         self._queue = queue
         self._executor = executor
         self._closed = False
+        self._waiting: list[_Enqueue] = []
+        self._committer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> AsyncQueue:
@@ -966,9 +1086,11 @@ class AsyncQueue:
         return self._queue.path
 
     async def close(self) -> None:
-        """Close the connection on its thread, then let the thread end."""
+        """Commit what is waiting, close the connection on its thread, let the thread end."""
         if self._closed:
             return
+        if self._committer is not None:
+            await asyncio.shield(self._committer)
         try:
             await self._run(self._queue.close)
         finally:
@@ -976,16 +1098,55 @@ class AsyncQueue:
             self._executor.shutdown(wait=False)
 
     async def enqueue(self, message: NewMessage) -> str:
-        """See ``Queue.enqueue``."""
-        return await self._run(self._queue.enqueue, message)
+        """See ``Queue.enqueue``; committed together with concurrent enqueues."""
+        return (await self.enqueue_unless_duplicate(message, since=None))[0]
+
+    async def enqueue_group(
+        self, items: Sequence[tuple[NewMessage, float | None, Quota | None]]
+    ) -> list[tuple[str, bool] | Exception]:
+        """See ``Queue.enqueue_group``."""
+        return await self._run(self._queue.enqueue_group, items)
 
     async def enqueue_unless_duplicate(
         self, message: NewMessage, *, since: float | None, quota: Quota | None = None
     ) -> tuple[str, bool]:
-        """See ``Queue.enqueue_unless_duplicate``."""
-        return await self._run(
-            self._queue.enqueue_unless_duplicate, message, since=since, quota=quota
-        )
+        """See ``Queue.enqueue_unless_duplicate``; committed together with concurrent ones."""
+        if self._closed:
+            raise QueueUnavailableError(f"queue {self._queue.path} is closed")
+        future: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Enqueue(message, since, quota, future))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_groups(), name="queue-commit")
+        return await future
+
+    async def _commit_groups(self) -> None:
+        """Commit the waiting enqueues, a group at a time, until none wait."""
+        group: list[_Enqueue] = []
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+                items = [(item.message, item.since, item.quota) for item in group]
+                try:
+                    results = await self._run(self._queue.enqueue_group, items)
+                except asyncio.CancelledError:
+                    for item in group + self._waiting:  # the loop is going away: no answers
+                        item.future.cancel()
+                    self._waiting = []
+                    raise
+                except Exception as exc:  # noqa: BLE001  the commit failed: nobody gets a 250
+                    for item in group:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                for item, result in zip(group, results, strict=True):
+                    if item.future.done():  # the caller went away; its message is stored
+                        continue
+                    if isinstance(result, Exception):
+                        item.future.set_exception(result)
+                    else:
+                        item.future.set_result(result)
+        finally:
+            self._committer = None
 
     async def recover(self, now: float) -> int:
         """See ``Queue.recover``."""
@@ -994,6 +1155,12 @@ class AsyncQueue:
     async def claim(self, *, now: float, lease: float, limit: int) -> list[ClaimedJob]:
         """See ``Queue.claim``."""
         return await self._run(self._queue.claim, now=now, lease=lease, limit=limit)
+
+    async def claim_alike(
+        self, job: ClaimedJob, *, room: int, now: float, lease: float
+    ) -> list[ClaimedJob]:
+        """See ``Queue.claim_alike``."""
+        return await self._run(self._queue.claim_alike, job, room=room, now=now, lease=lease)
 
     async def next_due(self) -> float | None:
         """See ``Queue.next_due``."""

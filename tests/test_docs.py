@@ -482,7 +482,7 @@ def test_every_log_event_is_documented():
 
 
 def test_links_between_docs_resolve():
-    names = ("configuration.md", "providers.md", "operations.md")
+    names = ("configuration.md", "providers.md", "operations.md", "performance.md")
     anchors = {
         name: {slug(h) for h in re.findall(r"^#+ (.+)$", doc(name), re.MULTILINE)} for name in names
     }
@@ -490,6 +490,9 @@ def test_links_between_docs_resolve():
     for name in names:
         for target in re.findall(r"\]\(([^)\s]+)\)", doc(name)):
             if target.startswith(("http://", "https://")):
+                continue
+            if target.endswith(".png"):  # a figure: the file must be there
+                assert (DOCS / target).is_file(), f"{name}: missing image {target}"
                 continue
             file, _, anchor = target.partition("#")
             file = file or name

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import ALLOWED, DOMAIN, GATEWAY, TOKEN, poll
 from test_smtp import make_mail, transaction
 
-from mail2sms.models import RecipientState
+from mail2sms.models import NewMessage, RecipientState
+from mail2sms.queue import Queue
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +135,58 @@ def _secret(value):
     from pydantic import SecretStr  # noqa: PLC0415
 
     return SecretStr(value)
+
+
+async def test_a_150_number_message_reaches_dataflows_in_2_requests(
+    make_settings, start_app, fake_dataflows
+):
+    app = await start_app(
+        make_settings(**dataflows(fake_dataflows), limits={"max_recipients": 150})
+    )
+    rcpts = [f"+614{i:08d}@{DOMAIN}" for i in range(10_000_000, 10_000_150)]
+    replies = await transaction(app.smtp_port, ALLOWED, rcpts, make_mail(body="Evacuate"))
+    assert replies[-1][0] == 250
+    await fake_dataflows.until_sent(150)
+    posts = [r for r in fake_dataflows.requests if r.method == "POST"]
+    assert [len(p.body["recipient"].split(",")) for p in posts] == [100, 50]
+
+
+async def test_queued_mail_with_one_text_shares_requests_without_losing_a_number(
+    make_settings, start_app, fake_dataflows, tmp_path
+):
+    settings = make_settings(**dataflows(fake_dataflows, workers=1))
+    now = time.time()
+    numbers = [f"+614{i:08d}" for i in range(10_000_000, 10_000_030)]
+    with Queue(settings.queue.path) as queue:  # an alarm storm queued while the API was down
+        for i, number in enumerate(numbers):
+            queue.enqueue(_message(number, "Site 7 down", at=now - 60 + i))
+        queue.enqueue(_message(numbers[0], "Site 7 down", at=now - 20))  # the same number again
+        queue.enqueue(_message(numbers[1], "Site 8 down", at=now - 10))  # another text
+    await start_app(settings)
+    sent = await fake_dataflows.until_sent(32)
+    posts = [r.body for r in fake_dataflows.requests if r.method == "POST"]
+    # workers = 1: the oldest message takes every alike one along; a repeated number cannot
+    # share a request (DataFlows removes repeats), another text never does.
+    assert [(len(p["recipient"].split(",")), p["message"]) for p in posts] == [
+        (30, "Site 7 down"),
+        (1, "Site 7 down"),
+        (1, "Site 8 down"),
+    ]
+    assert sorted(s.number for s in sent) == sorted(
+        [n.lstrip("+") for n in numbers] + [numbers[0].lstrip("+"), numbers[1].lstrip("+")]
+    )
+
+
+def _message(number: str, text: str, *, at: float) -> NewMessage:
+    return NewMessage(
+        envelope_from=ALLOWED,
+        from_header=ALLOWED,
+        subject="",
+        message_id=None,
+        recipients=(number,),
+        text=text,
+        sender_id="TestBrand",
+        received_at=at,
+        size=100,
+        headers="",
+    )

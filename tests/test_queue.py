@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import sqlite3
 import subprocess
@@ -782,3 +783,116 @@ def test_a_development_version_2_queue_gets_the_version_3_columns(path: Path) ->
         jobs = {job.queue_id: job for job in queue.claim(now=T0, lease=LEASE, limit=5)}
     assert jobs[second].sms_type == "otp"
     assert jobs[queue_id].sms_type == "plain"
+
+
+# ---- group commit ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_concurrent_enqueues_share_one_commit_and_get_their_own_ids(path: Path) -> None:
+    aq = await AsyncQueue.open(path)
+    try:
+        before = aq._queue.commits
+        n = 50
+        results = await asyncio.gather(
+            *(aq.enqueue_unless_duplicate(msg(A, text=f"alarm {i}"), since=None) for i in range(n))
+        )
+        # every enqueue was waiting before the first commit ran: one transaction, one fsync
+        assert aq._queue.commits - before == 1
+        ids = [queue_id for queue_id, duplicate in results if not duplicate]
+        assert len(set(ids)) == n
+        for i, queue_id in enumerate(ids):
+            assert (await aq.get(queue_id)).text == f"alarm {i}"
+    finally:
+        await aq.close()
+    with Queue(path) as q:  # committed: another connection sees every message
+        assert len(q.entries()) == n
+
+
+@pytest.mark.anyio
+async def test_enqueues_arriving_during_a_commit_go_in_the_next_group(path: Path) -> None:
+    aq = await AsyncQueue.open(path)
+    try:
+        before = aq._queue.commits
+        first = asyncio.create_task(aq.enqueue(msg(A, text="first")))
+        await asyncio.sleep(0)  # the first group (of one) is handed to the queue thread
+        later = [asyncio.create_task(aq.enqueue(msg(A, text=f"later {i}"))) for i in range(20)]
+        ids = await asyncio.gather(first, *later)
+        assert len(set(ids)) == 21
+        assert aq._queue.commits - before < 21
+    finally:
+        await aq.close()
+
+
+@pytest.mark.anyio
+async def test_a_failing_message_is_rolled_back_alone(path: Path) -> None:
+    aq = await AsyncQueue.open(path)
+    try:
+        broken = replace(msg(A, text="broken"), recipients=(A, None))  # type: ignore[arg-type]
+        outcomes = await asyncio.gather(
+            aq.enqueue(msg(A, text="one")),
+            aq.enqueue(broken),  # its message row is written, then its recipients fail
+            aq.enqueue(replace(msg(A), recipients=())),
+            aq.enqueue(msg(B, text="two")),
+            return_exceptions=True,
+        )
+        one, failed, empty, two = outcomes
+        assert isinstance(failed, QueueUnavailableError)
+        assert "NOT NULL" in str(failed)
+        assert isinstance(empty, ValueError)
+        assert isinstance(one, str)
+        assert isinstance(two, str)
+        assert {e.text for e in await aq.entries()} == {"one", "two"}
+    finally:
+        await aq.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM messages WHERE text = 'broken'").fetchone() == (0,)
+    conn.close()
+
+
+@pytest.mark.anyio
+async def test_a_duplicate_in_the_same_group_is_found(path: Path) -> None:
+    aq = await AsyncQueue.open(path)
+    try:
+        first, again = await asyncio.gather(
+            aq.enqueue_unless_duplicate(msg(A, at=T0), since=T0 - 600),
+            aq.enqueue_unless_duplicate(msg(A, at=T0 + 1), since=T0 - 599),
+        )
+        assert first == (first[0], False)
+        assert again == (first[0], True)
+    finally:
+        await aq.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_commit_fails_every_caller_and_stores_nothing(path: Path) -> None:
+    with Queue(path) as q:
+        # A deferred foreign key is checked at COMMIT: one poisoned message fails the commit.
+        q._conn.executescript(
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+            "CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
+            "CREATE TRIGGER poison AFTER INSERT ON messages WHEN NEW.text = 'poison'"
+            " BEGIN INSERT INTO child VALUES (42); END;"
+        )
+    aq = await AsyncQueue.open(path)
+    try:
+        outcomes = await asyncio.gather(
+            aq.enqueue(msg(A, text="fine")),
+            aq.enqueue(msg(A, text="poison")),
+            aq.enqueue(msg(B, text="also fine")),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, QueueUnavailableError) for o in outcomes), outcomes
+        assert "FOREIGN KEY" in str(outcomes[0])
+        assert await aq.entries() == []
+        assert isinstance(await aq.enqueue(msg(A, text="after")), str)  # the queue still works
+    finally:
+        await aq.close()
+
+
+def test_enqueue_group_commits_once_for_many(queue: Queue) -> None:
+    before = queue.commits
+    results = queue.enqueue_group([(msg(A, text=str(i)), None, None) for i in range(10)])
+    assert queue.commits - before == 1
+    assert all(isinstance(r, tuple) and r[1] is False for r in results)
+    assert len(queue.entries()) == 10
