@@ -107,9 +107,19 @@ _ERROR_REPLIES = (b"500 ", b"501 ", b"502 ", b"503 ", b"504 ")
 _REFUSAL_LOG_INTERVAL = 10.0
 
 RCPT_CACHE_SIZE = 4096  # addresses remembered per Policy (cleared, not evicted, when full)
-"""Mail up to this size (bytes) is parsed on the event loop: well under a millisecond."""
+# Longest line read (command or DATA). RFC 5321 asks for 1,000; legacy devices that end
+# lines with a bare LF send their whole message as one CRLF "line", so allow far more.
+LINE_LIMIT = 64 * 1024
+LINE_TOO_LONG = (
+    "500 5.5.2 Line too long: the limit is {limit} bytes between CRLF line ends; "
+    "send shorter lines ending in CRLF"
+)
 
 # aiosmtpd writes these itself, without enhanced codes; they are rewritten on the way out.
+_AIOSMTPD_LINE_TOO_LONG = (
+    b"500 Line too long (see RFC5321 4.5.3.1.6)",
+    b"500 Command line too long",
+)
 _AIOSMTPD_TOO_BIG = (
     b"552 Error: Too much mail data",
     b"552 Error: message size exceeds fixed maximum message size",
@@ -141,6 +151,8 @@ class GatewaySMTP(SMTP):
     The limits: connection caps, a command budget, timeouts that say 421, and the DATA
     framing check against SMTP smuggling.
     """
+
+    line_length_limit = LINE_LIMIT
 
     def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:  # noqa: ANN401
         policy = handler.policy  # the limits at connect time; a reload applies to new ones
@@ -200,6 +212,8 @@ class GatewaySMTP(SMTP):
         raw = status.encode("ascii", "replace") if isinstance(status, str) else status
         if raw in _AIOSMTPD_TOO_BIG:
             raw = TOO_BIG.format(limit=self.data_size_limit).encode("ascii")
+        elif raw in _AIOSMTPD_LINE_TOO_LONG:
+            raw = LINE_TOO_LONG.format(limit=self.line_length_limit).encode("ascii")
         if raw[:4] in _ERROR_REPLIES and not self._spend_command():
             return
         if raw.startswith(b"354"):

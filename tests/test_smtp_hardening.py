@@ -342,3 +342,24 @@ async def test_a_reload_applies_new_connection_limits_to_new_connections(make_se
     assert (await second.reply()).startswith("220 ")
     second.close()
     first.close()
+
+
+async def test_a_long_bare_lf_message_is_accepted_and_an_endless_line_refused(
+    make_settings, start_app, tmp_path
+):
+    """A bare-LF device sends its whole message as one CRLF "line"; 5 KB of it must pass."""
+    app = await start_app(make_settings())
+    client = await Raw.connect(app.smtp_port)
+    await client.start_data()
+    padding = "".join(f"X-Device-Field-{i}: {'v' * 40}\n" for i in range(100)).encode()
+    header = f"From: {ALLOWED}\nTo: {GATEWAY}\nSubject: {NUMBER}\n".encode()
+    await client.send(header + padding + b"\nZone 3 alarm\r\n.\r\n")
+    assert (await client.reply()).startswith("250 2.0.0 queued as ")
+    lines = await poll(lambda: read_outbox(tmp_path / "outbox.jsonl"))
+    assert lines[0]["text"] == "Zone 3 alarm"
+    client.close()
+    endless = await Raw.connect(app.smtp_port)
+    await endless.start_data()
+    await endless.send(header + b"x" * (smtp_module.LINE_LIMIT + 10) + b"\r\n.\r\n")
+    assert (await endless.reply()).startswith("500 5.5.2 Line too long")
+    endless.close()
