@@ -18,6 +18,7 @@ from mail2sms.config import DeliveryConfig
 from mail2sms.errors import (
     PermanentProviderError,
     ProviderAccountError,
+    QueueError,
     TransientProviderError,
 )
 from mail2sms.log import get_logger
@@ -155,7 +156,7 @@ class Delivery(QueueLoop):
         lists = [r for r in job.recipients if is_contact_list(r)]
         numbers = [r for r in job.recipients if not is_contact_list(r)]
         room = self.provider.max_recipients - len(numbers)
-        if numbers and room > 0:
+        if numbers and room > 0 and self.provider.combines_messages:
             alike = await self.queue.claim_alike(
                 replace(job, recipients=tuple(numbers)),
                 room=room,
@@ -196,7 +197,12 @@ class Delivery(QueueLoop):
         if self.metrics is not None:
             self.metrics.latency.labels(provider=self.provider.name).observe(duration)
         for job, numbers in parts:
-            await self._record(job, numbers, results, duration)
+            try:
+                await self._record(job, numbers, results, duration)
+            except QueueError as exc:  # the others' results must still be recorded
+                log.error(  # noqa: TRY400  expected; the lease brings this one back
+                    "queue_error", loop="delivery", queue_id=job.queue_id, error=str(exc)
+                )
 
     async def _renew(self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]]) -> None:
         """Extend the leases before a request, and say which numbers may get it twice."""
@@ -216,7 +222,21 @@ class Delivery(QueueLoop):
     async def _request_failed(
         self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]], exc: Exception
     ) -> None:
-        """A request failed as a whole: retry or fail every job that was in it."""
+        """A request failed as a whole: retry or fail every job that was in it.
+
+        A refusal of a request that combined several messages is not pinned on all of
+        them: one bad number would bounce other people's mail. Each is sent alone instead.
+        """
+        if isinstance(exc, PermanentProviderError) and len(parts) > 1:
+            log.info(
+                "combined_request_refused",
+                queue_ids=[job.queue_id for job, _numbers in parts],
+                error=str(exc),
+                detail="sending each message on its own to find the one refused",
+            )
+            for part in parts:
+                await self._send_batch([part])
+            return
         first = parts[0][0]
         if isinstance(exc, ProviderAccountError):
             log.error(

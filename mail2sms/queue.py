@@ -1089,8 +1089,11 @@ class AsyncQueue:
         """Commit what is waiting, close the connection on its thread, let the thread end."""
         if self._closed:
             return
-        if self._committer is not None:
-            await asyncio.shield(self._committer)
+        committer = self._committer
+        if committer is not None:
+            # a commit task cancelled at loop teardown must not keep the file open
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(committer)
         try:
             await self._run(self._queue.close)
         finally:

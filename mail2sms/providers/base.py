@@ -176,6 +176,10 @@ class Provider(abc.ABC):
     docs_url: ClassVar[str]
     supports_contact_lists: ClassVar[bool] = False
     """``send`` takes a batch of one ``list:<uid>`` recipient: the provider's contact list."""
+    combines_messages: ClassVar[bool] = False
+    """Queued messages with the same text may share one request. Only where nothing in the
+    request names a queue id (MessageFlow's ``externalId`` and the outbox's lines do) and a
+    tight rate limit makes it worth it."""
 
     @classmethod
     @abc.abstractmethod

@@ -189,6 +189,7 @@ class DataFlowsProvider(HttpProvider):
     docs_url: ClassVar[str] = "https://docs.dataflows.com.au/"
     default_base_url: ClassVar[str] = "https://sms.dataflows.com.au"
     supports_contact_lists: ClassVar[bool] = True
+    combines_messages: ClassVar[bool] = True  # 600 requests a minute, one text per request
 
     async def send(self, batch: SmsBatch) -> list[RecipientResult]:
         """Send one request; read the envelope, never the HTTP status, for success."""

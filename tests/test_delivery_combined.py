@@ -1,0 +1,152 @@
+"""Messages combined into one DataFlows request: a refusal or a queue error hits no bystander.
+
+DataFlows answers over httpx.MockTransport (table-driven provider cases); the queue is a real
+SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mail2sms.config import DeliveryConfig
+from mail2sms.delivery import Delivery
+from mail2sms.errors import QueueUnavailableError
+from mail2sms.models import NewMessage, RecipientState
+from mail2sms.providers.dataflows import DataFlowsProvider
+from mail2sms.providers.outbox import OutboxProvider
+from mail2sms.queue import AsyncQueue
+
+pytestmark = pytest.mark.anyio
+
+BAD = "+61422222222"
+
+
+def message(sender: str, *numbers: str) -> NewMessage:
+    return NewMessage(
+        envelope_from=sender,
+        from_header=sender,
+        subject="",
+        message_id=None,
+        recipients=numbers,
+        text="Pump 3 stopped",
+        sender_id="Plant",
+        received_at=time.time() - 1,
+        size=100,
+        headers="",
+    )
+
+
+def dataflows_answer(requests: list[list[str]]) -> httpx.MockTransport:
+    """Refuse, without naming the number, any request that holds BAD; else send each."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        numbers = json.loads(request.content)["recipient"].split(",")
+        requests.append(numbers)
+        if BAD.lstrip("+") in numbers:
+            return httpx.Response(
+                200, json={"status": "error", "message": "The recipient is in blacklist"}
+            )
+        data = [{"to": n, "status": "Delivered", "uid": f"u{n}"} for n in numbers]
+        return httpx.Response(200, json={"status": "success", "message": "ok", "data": data})
+
+    return httpx.MockTransport(handle)
+
+
+async def states(queue: AsyncQueue, queue_id: str) -> dict[str, RecipientState]:
+    return {r.number: r.state for r in (await queue.get(queue_id)).recipients}
+
+
+async def deliver_once(queue: AsyncQueue, provider: object) -> None:
+    delivery = Delivery(
+        queue=queue,
+        provider=provider,  # type: ignore[arg-type]
+        config=DeliveryConfig(workers=1),
+        request_timeout=5,
+    )
+    (job,) = await queue.claim(now=time.time(), lease=300, limit=1)
+    await delivery._deliver(job)
+
+
+async def test_a_refused_combined_request_is_resent_message_by_message(tmp_path: Path):
+    queue = await AsyncQueue.open(tmp_path / "queue.sqlite3")
+    requests: list[list[str]] = []
+    try:
+        ids = [
+            await queue.enqueue(message("a@example.com", "+61411111111")),
+            await queue.enqueue(message("b@example.com", BAD)),
+            await queue.enqueue(message("c@example.com", "+61433333333", "+61444444444")),
+        ]
+        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
+            provider = DataFlowsProvider(
+                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
+            )
+            await deliver_once(queue, provider)
+        assert len(requests[0]) == 4  # combined first
+        assert len(requests) == 4  # then each message alone
+        assert await states(queue, ids[0]) == {"+61411111111": RecipientState.SENT}
+        assert await states(queue, ids[1]) == {BAD: RecipientState.FAILED}
+        assert set((await states(queue, ids[2])).values()) == {RecipientState.SENT}
+    finally:
+        await queue.close()
+
+
+async def test_a_queue_error_recording_one_message_still_records_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    queue = await AsyncQueue.open(tmp_path / "queue.sqlite3")
+    requests: list[list[str]] = []
+    try:
+        ids = [
+            await queue.enqueue(message(f"{name}@example.com", f"+6141111111{i}"))
+            for i, name in enumerate(("a", "b", "c"))
+        ]
+        real_mark_sent = queue.mark_sent
+
+        async def locked_for_the_first(queue_id: str, *args: object, **kwargs: object) -> None:
+            if queue_id == ids[0]:
+                raise QueueUnavailableError("database is locked")
+            await real_mark_sent(queue_id, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(queue, "mark_sent", locked_for_the_first)
+        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
+            provider = DataFlowsProvider(
+                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
+            )
+            await deliver_once(queue, provider)
+        assert len(requests) == 1
+        assert set((await states(queue, ids[0])).values()) == {RecipientState.INFLIGHT}
+        for queue_id in ids[1:]:
+            assert set((await states(queue, queue_id)).values()) == {RecipientState.SENT}
+    finally:
+        await queue.close()
+
+
+async def test_providers_that_name_the_queue_id_never_combine(tmp_path: Path):
+    """The outbox writes, and MessageFlow sends, the queue id: one message per request."""
+    queue = await AsyncQueue.open(tmp_path / "queue.sqlite3")
+    try:
+        for i in range(3):
+            await queue.enqueue(message("a@example.com", f"+6141111111{i}"))
+        outbox = tmp_path / "outbox.jsonl"
+        await deliver_once(queue, OutboxProvider(outbox))
+        lines = [json.loads(line) for line in outbox.read_text().splitlines()]
+        assert len(lines) == 1
+    finally:
+        await queue.close()
+
+
+async def test_close_survives_a_cancelled_commit_task(tmp_path: Path):
+    queue = await AsyncQueue.open(tmp_path / "queue.sqlite3")
+    pending = asyncio.ensure_future(queue.enqueue(message("a@example.com", BAD)))
+    await asyncio.sleep(0)  # let it reach the queue and start the commit task
+    assert queue._committer is not None
+    queue._committer.cancel()
+    await queue.close()
+    assert queue._closed
+    pending.cancel()
