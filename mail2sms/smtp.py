@@ -13,7 +13,6 @@ import ipaddress
 import re
 import ssl
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -508,8 +507,7 @@ class Client:
         ``auth_data`` is the user name ``GatewaySMTP`` stores after a good AUTH; a user a
         reload has removed since counts as not logged in.
         """
-        peer = getattr(session, "peer", None)
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        ip = _ip(getattr(session, "peer", None))
         user = (
             getattr(session, "auth_data", None)
             if getattr(session, "authenticated", False)
@@ -725,8 +723,6 @@ class GatewayHandler:
         self.metrics = metrics
         self.clock = clock
         self.sessions: set[GatewaySMTP] = set()
-        # numbers the RCPTs of a transaction name so far (aiosmtpd makes a new Envelope each)
-        self._rcpt_numbers: weakref.WeakKeyDictionary[Envelope, int] = weakref.WeakKeyDictionary()
         self.transactions = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -793,7 +789,9 @@ class GatewayHandler:
                 self.policy.destinations.check_number(number)
         except MailRefusedError as refused:
             return self._refusal("RCPT", refused, session, sender=envelope.mail_from or "")
-        numbers = self._rcpt_numbers.get(envelope, 0) + max(1, len(target.numbers))
+        # counted from the accepted addresses (classified once, then cached by the Policy)
+        numbers = sum(_numbers_in(self.policy.rcpt(a)) for a in envelope.rcpt_tos)
+        numbers += _numbers_in(target)
         limit = self.policy.destinations.max_recipients
         if envelope.rcpt_tos and numbers > limit:
             return self._refused(
@@ -809,7 +807,6 @@ class GatewayHandler:
                 return OTHER_OPTIONS.format(address=f"<{address}>")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        self._rcpt_numbers[envelope] = numbers
         return OK_RECIPIENT
 
     async def handle_DATA(  # noqa: N802  aiosmtpd's hook name
@@ -955,8 +952,7 @@ class GatewayHandler:
 
     async def authenticate(self, session: Session, credentials: LoginPassword) -> str:
         """The user name for good credentials; BadCredentialsError or AuthLockedError."""
-        peer = getattr(session, "peer", None)
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        ip = _ip(getattr(session, "peer", None)) or "unknown"
         try:
             return await authenticate(
                 credentials.login,
@@ -1001,6 +997,11 @@ def _pass_credentials(
     The check runs in ``GatewaySMTP._verify``, where it can be awaited in a thread.
     """
     return AuthResult(success=False, handled=False, auth_data=data)
+
+
+def _numbers_in(target: RcptTarget) -> int:
+    """How many numbers a recipient adds: an alias its list, anything else one."""
+    return max(1, len(target.numbers))
 
 
 def _ip(peer: object) -> str | None:
