@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import (
     SMTP,
@@ -47,7 +47,7 @@ from mail2sms.log import get_logger
 from mail2sms.mail_address import ascii_domain, plain_address
 from mail2sms.mail_parse import Cleanup, header_block, parse_mail
 from mail2sms.metrics import Metrics
-from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget
+from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget, SmsLength
 from mail2sms.passwords import PasswordHash, parse_hash
 from mail2sms.queue import AsyncQueue
 from mail2sms.sender_verify import Resolver, SenderVerifier
@@ -529,6 +529,43 @@ class Client:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One message at the end of DATA, as a reader needs it.
+
+    Plain data only: it may be pickled to the reader process (``reader_process.py``).
+    """
+
+    raw: bytes
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    client: Client
+    sender: str
+    """Whose ``[limits]`` rates the message counts against (``user <name>`` or the address)."""
+    peer: str
+    """The client's address and port, for the log."""
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a submission: the reply, and what the SMTP side must count or wake."""
+
+    reply: str
+    queue_id: str | None = None
+    """Set when a new message was queued (not for a suppressed duplicate): delivery wakes."""
+    refused: bool = False
+    """A refusal, counted by reply code in the metrics."""
+
+
+class Reader(Protocol):
+    """Reads, checks and stores a submission; the reply says how it went."""
+
+    async def read(self, submission: Submission, policy: Policy) -> Outcome:
+        """Parse and check ``submission`` under ``policy``; commit it before saying 250."""
+        ...
+
+
 def check_sender(policy: Policy, address: str, *, where: str, client: Client | None = None) -> None:
     """Refuse a sender this client may not use, saying which address and why.
 
@@ -700,6 +737,121 @@ def build_message(
     )
 
 
+class LocalReader:
+    """Reads each message in a worker thread of this process, then commits it to the queue.
+
+    The commit is a group commit (``AsyncQueue``): the reply is ready once the message is
+    on disk. ``reader_process.py`` runs this same reader in a process of its own.
+    """
+
+    def __init__(self, queue: AsyncQueue) -> None:
+        self.queue = queue
+        self.reading = 0
+        """Submissions being read or committed now (how busy this reader is)."""
+
+    async def read(self, submission: Submission, policy: Policy) -> Outcome:
+        """Parse and check off the loop, commit to the queue, then (only then) say 250."""
+        self.reading += 1
+        try:
+            return await self._read(submission, policy)
+        finally:
+            self.reading -= 1
+
+    async def _read(self, submission: Submission, policy: Policy) -> Outcome:
+        peer = submission.peer
+        built = await self._build(submission, policy)
+        if isinstance(built, Outcome):  # refused
+            return built
+        message, length = built
+        window = policy.duplicate_window
+        since = message.received_at - window if window > 0 else None
+        try:
+            queue_id, duplicate = await self.queue.enqueue_unless_duplicate(
+                message, since=since, quota=policy.limits.quota(submission.sender)
+            )
+        except LimitRefusedError as refused:  # a rate is used up: nothing was queued
+            return refusal("DATA", refused, peer, sender=submission.sender)
+        except QueueError:
+            log.exception("queue_unavailable", peer=peer)
+            return Outcome(QUEUE_UNAVAILABLE)
+        if duplicate:  # a resend after a lost 250: acknowledge it, send nothing again
+            log.info(
+                "duplicate_suppressed",
+                queue_id=queue_id,
+                message_id=message.message_id,
+                sender=message.envelope_from,
+                peer=peer,
+            )
+            return Outcome(QUEUED.format(queue_id=queue_id))
+        log.info(
+            "message_accepted",
+            queue_id=queue_id,
+            sender=message.envelope_from,
+            recipients=list(message.recipients),
+            parts=length.parts,
+            encoding=str(length.encoding),
+            size=message.size,
+            peer=peer,
+        )
+        return Outcome(QUEUED.format(queue_id=queue_id), queue_id=queue_id)
+
+    async def _build(
+        self, submission: Submission, policy: Policy
+    ) -> tuple[NewMessage, SmsLength] | Outcome:
+        """``build_message`` off the loop within ``parse_timeout``; an Outcome if refused."""
+        peer = submission.peer
+
+        def build() -> tuple[NewMessage, SmsLength]:
+            message = build_message(
+                submission.raw,
+                submission.mail_from,
+                [policy.rcpt(a) for a in submission.rcpt_tos],
+                policy,
+                submission.received_at,
+                client=submission.client,
+            )
+            return message, measure(message.text)
+
+        # Always in a thread, with a time limit: reading mail on the loop would let one
+        # pathological message stall every session (60 KB of nested HTML takes ~90 ms).
+        try:
+            async with asyncio.timeout(policy.parse_timeout):
+                return await asyncio.get_running_loop().run_in_executor(None, build)
+        except MailRefusedError as refused:
+            return refusal("DATA", refused, peer, sender=submission.sender)
+        except TimeoutError:
+            # The thread cannot be stopped; it finishes in the background.
+            log.warning("smtp_parse_timeout", size=len(submission.raw), peer=peer)
+            reply = PARSE_TOO_SLOW.format(seconds=_seconds(policy.parse_timeout))
+            return refused_outcome("DATA", reply, peer)
+        except Exception:
+            log.exception("smtp_parse_error", peer=peer)
+            return refused_outcome("DATA", UNREADABLE, peer)
+
+
+def refusal(stage: str, refused: MailRefusedError, peer: str, *, sender: str) -> Outcome:
+    """A refusal from the exception tree; a ``[limits]`` one is logged as a warning.
+
+    A burst of ``limit_refused`` lines is what an SMS pumping attempt looks like.
+    """
+    if isinstance(refused, LimitRefusedError):
+        log.warning(
+            "limit_refused",
+            stage=stage,
+            rule=refused.rule,
+            sender=sender,
+            count=refused.count,
+            peer=peer,
+        )
+    return refused_outcome(stage, refused.reply, peer)
+
+
+def refused_outcome(stage: str, reply: str, peer: str) -> Outcome:
+    """Log a refusal; the SMTP side counts it and sends the reply."""
+    log.info("smtp_refused", stage=stage, reply=reply, peer=peer)
+    return Outcome(reply, refused=True)
+
+
 class GatewayHandler:
     """aiosmtpd hooks: MAIL and RCPT checks, then parse, validate and commit on DATA."""
 
@@ -713,8 +865,11 @@ class GatewayHandler:
         metrics: Metrics | None = None,
         tls_context: ssl.SSLContext | None = None,
         lockout: Lockout | None = None,
+        reader: Reader | None = None,
     ) -> None:
         self.policy = policy
+        self.reader: Reader = reader or LocalReader(queue)
+        """Reads and stores each message (``reader_process.py``: maybe in another process)."""
         self.tls_context = tls_context
         """Offered for STARTTLS to connections made from now on (a reload may replace it)."""
         self.lockout = lockout or Lockout()
@@ -830,111 +985,42 @@ class GatewayHandler:
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
-        targets = [policy.rcpt(a) for a in envelope.rcpt_tos]
         client = Client.of(session, policy)
         # "user <name>" cannot collide with an address: a user named like one has its own count
         sender = f"user {client.user}" if client.user else (envelope.mail_from or "").lower()
-        message = await self._read(session, envelope, raw, targets, client, sender=sender)
-        if isinstance(message, str):  # refused: the reply
-            return message
-        window = policy.duplicate_window
-        since = message.received_at - window if window > 0 else None
-        try:
-            queue_id, duplicate = await self.queue.enqueue_unless_duplicate(
-                message, since=since, quota=policy.limits.quota(sender)
-            )
-        except LimitRefusedError as refused:  # a rate is used up: nothing was queued
-            return self._refusal("DATA", refused, session, sender=sender)
-        except QueueError:
-            log.exception("queue_unavailable", peer=_peer(session))
-            return QUEUE_UNAVAILABLE
-        if duplicate:  # a resend after a lost 250: acknowledge it, send nothing again
-            log.info(
-                "duplicate_suppressed",
-                queue_id=queue_id,
-                message_id=message.message_id,
-                sender=message.envelope_from,
-                peer=_peer(session),
-            )
-            return QUEUED.format(queue_id=queue_id)
-        length = measure(message.text)
-        if self.metrics is not None:
-            self.metrics.accepted.inc()
-        log.info(
-            "message_accepted",
-            queue_id=queue_id,
-            sender=message.envelope_from,
-            recipients=list(message.recipients),
-            parts=length.parts,
-            encoding=str(length.encoding),
-            size=message.size,
-            peer=_peer(session),
-        )
-        if self.on_queued is not None:
-            self.on_queued(queue_id)
-        return QUEUED.format(queue_id=queue_id)
-
-    async def _read(
-        self,
-        session: Session,
-        envelope: Envelope,
-        raw: bytes,
-        targets: list[RcptTarget],
-        client: Client,
-        *,
-        sender: str,
-    ) -> NewMessage | str:
-        """``build_message`` off the loop within ``parse_timeout``; a reply if it refuses."""
-        policy = self.policy
-        build = functools.partial(
-            build_message,
-            raw,
-            envelope.mail_from or "",
-            targets,
-            policy,
-            self.clock(),
+        submission = Submission(
+            raw=raw,
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=tuple(envelope.rcpt_tos),
             client=client,
+            sender=sender,
+            peer=_peer(session),
+            received_at=self.clock(),
         )
-        # Always in a thread, with a time limit: reading mail on the loop would let one
-        # pathological message stall every session (60 KB of nested HTML takes ~90 ms).
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(build), policy.parse_timeout)
-        except MailRefusedError as refused:
-            return self._refusal("DATA", refused, session, sender=sender)
-        except TimeoutError:
-            # The thread cannot be stopped; it finishes in the background.
-            log.warning("smtp_parse_timeout", size=len(raw), peer=_peer(session))
-            return self._refused(
-                "DATA", PARSE_TOO_SLOW.format(seconds=_seconds(policy.parse_timeout)), session
-            )
-        except Exception:
-            log.exception("smtp_parse_error", peer=_peer(session))
-            return self._refused("DATA", UNREADABLE, session)
+        outcome = await self.reader.read(submission, policy)
+        if self.metrics is not None:
+            if outcome.refused:
+                self.metrics.refusal(outcome.reply)
+            elif outcome.queue_id is not None:
+                self.metrics.accepted.inc()
+        if outcome.queue_id is not None and self.on_queued is not None:
+            self.on_queued(outcome.queue_id)
+        return outcome.reply
 
     def _refusal(
         self, stage: str, refused: MailRefusedError, session: Session, *, sender: str
     ) -> str:
-        """A refusal from the exception tree; a ``[limits]`` one is logged as a warning.
-
-        A burst of ``limit_refused`` lines is what an SMS pumping attempt looks like.
-        """
-        if isinstance(refused, LimitRefusedError):
-            log.warning(
-                "limit_refused",
-                stage=stage,
-                rule=refused.rule,
-                sender=sender,
-                count=refused.count,
-                peer=_peer(session),
-            )
-        return self._refused(stage, refused.reply, session)
+        """Log and count a refusal from the exception tree; the reply for aiosmtpd."""
+        return self._counted(refusal(stage, refused, _peer(session), sender=sender))
 
     def _refused(self, stage: str, reply: str, session: Session | None) -> str:
         """Log and count a refusal; return the reply for aiosmtpd to send."""
-        log.info("smtp_refused", stage=stage, reply=reply, peer=_peer(session))
+        return self._counted(refused_outcome(stage, reply, _peer(session)))
+
+    def _counted(self, outcome: Outcome) -> str:
         if self.metrics is not None:
-            self.metrics.refusal(reply)
-        return reply
+            self.metrics.refusal(outcome.reply)
+        return outcome.reply
 
     async def handle_EHLO(  # noqa: N802  aiosmtpd's hook name
         self,
