@@ -26,7 +26,8 @@ from mail2sms.notify import Notifier
 from mail2sms.providers import build_provider
 from mail2sms.providers.base import Provider
 from mail2sms.queue import AsyncQueue
-from mail2sms.smtp import GatewayHandler, Policy, start_server
+from mail2sms.reader_process import SpillReader, reader_for
+from mail2sms.smtp import GatewayHandler, LocalReader, Policy, start_server
 from mail2sms.tls import ServerTLS, load_context
 
 log = get_logger(__name__)
@@ -54,6 +55,7 @@ class App:
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.metrics_server: asyncio.Server | None = None
+        self.reader: LocalReader | SpillReader | None = None
         self.failed = asyncio.Event()
         """Set when a background task ended on its own: the daemon must exit and restart."""
 
@@ -111,12 +113,14 @@ class App:
         for task in self._tasks:
             task.add_done_callback(self._task_ended)
         self.tls = server_tls(settings)
+        self.reader = reader_for(LocalReader(self.queue), settings)
         self.handler = GatewayHandler(
             Policy.from_settings(settings),
             self.queue,
             on_queued=lambda _id: self._wake(),
             metrics=self.metrics,
             tls_context=None if self.tls is None else self.tls.context,
+            reader=self.reader,
         )
         listen = settings.smtp.listen
         self.server = await start_server(
@@ -141,6 +145,8 @@ class App:
         interval = self.notifier.watchdog_interval
         if interval is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        if isinstance(self.reader, SpillReader) and self.reader.mode == "process":
+            self.reader.start_soon()  # after READY: its start-up must not delay ours
         log.info(
             "smtp_listening",
             host=listen.host,
@@ -205,9 +211,12 @@ class App:
                 ("smtp.tls_listen", old.smtp.tls_listen, new.smtp.tls_listen),
                 ("smtp.max_message_size", old.smtp.max_message_size, new.smtp.max_message_size),
                 ("queue.path", old.queue.path, new.queue.path),
+                ("smtp.reader", old.smtp.reader, new.smtp.reader),
             )
             if before != after
         ]
+        if isinstance(self.reader, SpillReader):
+            self.reader.reload(new)
         if self.handler is not None:
             self.handler.policy = Policy.from_settings(new)
             self.handler.tls_context = None if tls is None else tls.context
@@ -267,6 +276,8 @@ class App:
             if not await self.handler.drain(grace):
                 log.warning("shutdown_smtp_transactions_cut")
             self.handler.close_sessions()
+        if isinstance(self.reader, SpillReader):  # it has answered every DATA by now
+            await self.reader.close(grace)
 
     async def _stop_workers(self, grace: float) -> None:
         """Let sends and the bounce in flight finish within ``grace``; cancel the rest.

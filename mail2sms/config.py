@@ -214,6 +214,8 @@ class SmtpConfig(Section):
     """Time allowed for the whole message after 354 (RFC 5321's DATA termination: 10m)."""
     max_commands: int = Field(default=100, ge=1)
     """NOOP/RSET/VRFY/HELP/EXPN and syntax errors per session between accepted messages."""
+    reader: Literal["auto", "thread", "process"] = "auto"
+    """Where mail is read and stored: threads, a second process, or the process when busy."""
 
     @field_validator("hostname")
     @classmethod

@@ -13,6 +13,7 @@ list (``list:<uid>``), which is also exempt from the destination rules (the oper
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import phonenumbers
 from phonenumbers import PhoneNumberType, shortnumberinfo
 
-from mail2sms.errors import BadNumberError, LimitRefusedError, RateLimitedError
+from mail2sms.errors import BadNumberError, LimitRefusedError, MailRefusedError, RateLimitedError
 from mail2sms.models import is_contact_list
 
 if TYPE_CHECKING:
@@ -67,37 +68,52 @@ class Destinations:
         """Refuse a short code, a number outside the allowed countries, or a costly type.
 
         ``recipient`` is E.164 as addressing made it; a contact list passes unchecked.
+        A number that passed is remembered: the checks cost more than the rest of RCPT,
+        and alerting systems write to the same few numbers all day.
         """
-        if is_contact_list(recipient):
+        if is_contact_list(recipient) or _passes(recipient, self.countries):
             return
-        try:
-            number = phonenumbers.parse(recipient, None)
-        except phonenumbers.NumberParseException:
-            raise BadNumberError(f"'{_printable(recipient)}' is not a phone number") from None
-        if _short_or_emergency(number):
-            raise LimitRefusedError(
-                f"{recipient} is a short code or emergency number; "
-                "this gateway does not send to short codes",
-                rule="short code",
-            )
-        region = phonenumbers.region_code_for_number(number)
-        if region not in self.countries:
-            where = (
-                f"is in {region}"
-                if region and region != _NON_GEOGRAPHIC
-                else "is not in any country"
-            )
-            raise LimitRefusedError(
-                f"{recipient} {where}; this gateway sends only to "
-                f"{', '.join(self.countries)} (limits.countries)",
-                rule="limits.countries",
-            )
-        kind = _REFUSED_TYPES.get(phonenumbers.number_type(number))
-        if kind is not None:
-            raise LimitRefusedError(
-                f"{recipient} is a {kind} number; {kind} numbers are not allowed",
-                rule=f"{kind} number",
-            )
+        _check_number(recipient, self.countries)
+
+
+@functools.lru_cache(maxsize=4096)
+def _passes(recipient: str, countries: tuple[str, ...]) -> bool:
+    """Whether ``recipient`` passes ``_check_number`` (the refusal itself is not cached)."""
+    try:
+        _check_number(recipient, countries)
+    except MailRefusedError:
+        return False
+    return True
+
+
+def _check_number(recipient: str, countries: tuple[str, ...]) -> None:
+    """The checks behind ``Destinations.check_number``."""
+    try:
+        number = phonenumbers.parse(recipient, None)
+    except phonenumbers.NumberParseException:
+        raise BadNumberError(f"'{_printable(recipient)}' is not a phone number") from None
+    if _short_or_emergency(number):
+        raise LimitRefusedError(
+            f"{recipient} is a short code or emergency number; "
+            "this gateway does not send to short codes",
+            rule="short code",
+        )
+    region = phonenumbers.region_code_for_number(number)
+    if region not in countries:
+        where = (
+            f"is in {region}" if region and region != _NON_GEOGRAPHIC else "is not in any country"
+        )
+        raise LimitRefusedError(
+            f"{recipient} {where}; this gateway sends only to "
+            f"{', '.join(countries)} (limits.countries)",
+            rule="limits.countries",
+        )
+    kind = _REFUSED_TYPES.get(phonenumbers.number_type(number))
+    if kind is not None:
+        raise LimitRefusedError(
+            f"{recipient} is a {kind} number; {kind} numbers are not allowed",
+            rule=f"{kind} number",
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ GSM7_BASIC = frozenset(
 )
 # The default extension table: each of these is sent as escape + character (two septets).
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+_GSM7_ALL = GSM7_BASIC | GSM7_EXTENSION
 
 GSM7_SINGLE_PART = 160
 GSM7_MULTI_PART = 153
@@ -66,13 +67,19 @@ def measure(text: str) -> SmsLength:
     """
     if not text:
         return SmsLength(encoding=SmsEncoding.GSM7, units=0, parts=0)
-    if all(char in GSM7_BASIC or char in GSM7_EXTENSION for char in text):
-        costs = [2 if char in GSM7_EXTENSION else 1 for char in text]
+    chars = set(text)  # a text has few distinct characters: test those, not every one
+    if chars <= _GSM7_ALL:
+        wide = chars & GSM7_EXTENSION
         encoding, single, multi = SmsEncoding.GSM7, GSM7_SINGLE_PART, GSM7_MULTI_PART
     else:
-        costs = [2 if ord(char) > _BMP_LAST else 1 for char in text]
+        wide = {char for char in chars if ord(char) > _BMP_LAST}
         encoding, single, multi = SmsEncoding.UCS2, UCS2_SINGLE_PART, UCS2_MULTI_PART
-    units = sum(costs)
+    units = len(text) + sum(text.count(char) for char in wide)
+    if units <= single:
+        return SmsLength(encoding=encoding, units=units, parts=1)
+    if not wide:
+        return SmsLength(encoding=encoding, units=units, parts=-(-units // multi))
+    costs = [2 if char in wide else 1 for char in text]
     return SmsLength(encoding=encoding, units=units, parts=_pack(costs, units, single, multi))
 
 

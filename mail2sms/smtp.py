@@ -42,7 +42,7 @@ from mail2sms.errors import (
     QueueError,
     SenderRefusedError,
 )
-from mail2sms.limits import Destinations
+from mail2sms.limits import Destinations, Quota
 from mail2sms.log import get_logger
 from mail2sms.mail_address import ascii_domain, plain_address
 from mail2sms.mail_parse import Cleanup, header_block, parse_mail
@@ -737,11 +737,85 @@ def build_message(
     )
 
 
+def read_submission(submission: Submission, policy: Policy) -> Built | Outcome:
+    """``build_message`` for a submission, or the refusal (logged) if it is refused.
+
+    Synchronous: ``LocalReader`` runs it in a thread with a time limit, the reader process
+    in its own loop.
+    """
+    try:
+        message = build_message(
+            submission.raw,
+            submission.mail_from,
+            [policy.rcpt(a) for a in submission.rcpt_tos],
+            policy,
+            submission.received_at,
+            client=submission.client,
+        )
+    except MailRefusedError as refused:
+        return refusal("DATA", refused, submission.peer, sender=submission.sender)
+    except Exception:
+        log.exception("smtp_parse_error", peer=submission.peer)
+        return refused_outcome("DATA", UNREADABLE, submission.peer)
+    window = policy.duplicate_window
+    return Built(
+        message=message,
+        length=measure(message.text),
+        since=message.received_at - window if window > 0 else None,
+        quota=policy.limits.quota(submission.sender),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A message ready for the queue, with what its enqueue needs."""
+
+    message: NewMessage
+    length: SmsLength
+    since: float | None
+    """Look for a duplicate received after this (None: ``duplicate_window`` is 0)."""
+    quota: Quota
+
+
+def stored(built: Built, result: tuple[str, bool] | Exception, submission: Submission) -> Outcome:
+    """The reply for an enqueue's result (queue id and duplicate flag, or its error); logged."""
+    peer, message = submission.peer, built.message
+    if isinstance(result, LimitRefusedError):  # a rate is used up: nothing was queued
+        return refusal("DATA", result, peer, sender=submission.sender)
+    if isinstance(result, QueueError):
+        log.error("queue_unavailable", peer=peer, error=str(result))
+        return Outcome(QUEUE_UNAVAILABLE)
+    if isinstance(result, Exception):
+        log.error("smtp_data_error", peer=peer, exc_info=result)
+        return Outcome(TEMPORARY_ERROR)
+    queue_id, duplicate = result
+    if duplicate:  # a resend after a lost 250: acknowledge it, send nothing again
+        log.info(
+            "duplicate_suppressed",
+            queue_id=queue_id,
+            message_id=message.message_id,
+            sender=message.envelope_from,
+            peer=peer,
+        )
+        return Outcome(QUEUED.format(queue_id=queue_id))
+    log.info(
+        "message_accepted",
+        queue_id=queue_id,
+        sender=message.envelope_from,
+        recipients=list(message.recipients),
+        parts=built.length.parts,
+        encoding=str(built.length.encoding),
+        size=message.size,
+        peer=peer,
+    )
+    return Outcome(QUEUED.format(queue_id=queue_id), queue_id=queue_id)
+
+
 class LocalReader:
     """Reads each message in a worker thread of this process, then commits it to the queue.
 
     The commit is a group commit (``AsyncQueue``): the reply is ready once the message is
-    on disk. ``reader_process.py`` runs this same reader in a process of its own.
+    on disk. ``reader_process.py`` does the same in a process of its own.
     """
 
     def __init__(self, queue: AsyncQueue) -> None:
@@ -758,75 +832,28 @@ class LocalReader:
             self.reading -= 1
 
     async def _read(self, submission: Submission, policy: Policy) -> Outcome:
-        peer = submission.peer
-        built = await self._build(submission, policy)
-        if isinstance(built, Outcome):  # refused
-            return built
-        message, length = built
-        window = policy.duplicate_window
-        since = message.received_at - window if window > 0 else None
-        try:
-            queue_id, duplicate = await self.queue.enqueue_unless_duplicate(
-                message, since=since, quota=policy.limits.quota(submission.sender)
-            )
-        except LimitRefusedError as refused:  # a rate is used up: nothing was queued
-            return refusal("DATA", refused, peer, sender=submission.sender)
-        except QueueError:
-            log.exception("queue_unavailable", peer=peer)
-            return Outcome(QUEUE_UNAVAILABLE)
-        if duplicate:  # a resend after a lost 250: acknowledge it, send nothing again
-            log.info(
-                "duplicate_suppressed",
-                queue_id=queue_id,
-                message_id=message.message_id,
-                sender=message.envelope_from,
-                peer=peer,
-            )
-            return Outcome(QUEUED.format(queue_id=queue_id))
-        log.info(
-            "message_accepted",
-            queue_id=queue_id,
-            sender=message.envelope_from,
-            recipients=list(message.recipients),
-            parts=length.parts,
-            encoding=str(length.encoding),
-            size=message.size,
-            peer=peer,
-        )
-        return Outcome(QUEUED.format(queue_id=queue_id), queue_id=queue_id)
-
-    async def _build(
-        self, submission: Submission, policy: Policy
-    ) -> tuple[NewMessage, SmsLength] | Outcome:
-        """``build_message`` off the loop within ``parse_timeout``; an Outcome if refused."""
-        peer = submission.peer
-
-        def build() -> tuple[NewMessage, SmsLength]:
-            message = build_message(
-                submission.raw,
-                submission.mail_from,
-                [policy.rcpt(a) for a in submission.rcpt_tos],
-                policy,
-                submission.received_at,
-                client=submission.client,
-            )
-            return message, measure(message.text)
-
         # Always in a thread, with a time limit: reading mail on the loop would let one
         # pathological message stall every session (60 KB of nested HTML takes ~90 ms).
         try:
             async with asyncio.timeout(policy.parse_timeout):
-                return await asyncio.get_running_loop().run_in_executor(None, build)
-        except MailRefusedError as refused:
-            return refusal("DATA", refused, peer, sender=submission.sender)
+                built = await asyncio.get_running_loop().run_in_executor(
+                    None, read_submission, submission, policy
+                )
         except TimeoutError:
             # The thread cannot be stopped; it finishes in the background.
-            log.warning("smtp_parse_timeout", size=len(submission.raw), peer=peer)
+            log.warning("smtp_parse_timeout", size=len(submission.raw), peer=submission.peer)
             reply = PARSE_TOO_SLOW.format(seconds=_seconds(policy.parse_timeout))
-            return refused_outcome("DATA", reply, peer)
-        except Exception:
-            log.exception("smtp_parse_error", peer=peer)
-            return refused_outcome("DATA", UNREADABLE, peer)
+            return refused_outcome("DATA", reply, submission.peer)
+        if isinstance(built, Outcome):  # refused
+            return built
+        result: tuple[str, bool] | Exception
+        try:
+            result = await self.queue.enqueue_unless_duplicate(
+                built.message, since=built.since, quota=built.quota
+            )
+        except (MailRefusedError, QueueError) as exc:
+            result = exc
+        return stored(built, result, submission)
 
 
 def refusal(stage: str, refused: MailRefusedError, peer: str, *, sender: str) -> Outcome:

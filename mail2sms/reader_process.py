@@ -1,0 +1,472 @@
+"""Read mail in a second process while the gateway is busy, so it uses a second CPU core.
+
+Python runs one thread at a time: reading MIME and committing to SQLite in threads of the
+daemon takes turns with every SMTP session, and a burst is then limited to one core. The
+reader process does those two jobs (``LocalReader``, unchanged) on a core of its own; the
+daemon keeps the SMTP protocol, the MAIL and RCPT checks, and delivery. Both open the same
+SQLite file (WAL), so what the reader commits is what delivery sends.
+
+``smtp.reader``: "thread" never starts it; "process" keeps one running; "auto" (default, on
+a machine with 2 or more CPUs) starts it when several messages are being read at once and
+stops it after ``IDLE_STOP`` seconds without mail, so an idle gateway stays one process.
+Until it is ready, and whenever it is gone, messages are read in threads as before.
+
+The two talk over a socket pair in length-prefixed pickles (both ends are this program).
+The reader ignores SIGTERM and SIGINT (systemd signals every process of the service) and
+ends when the daemon closes the socket, after answering what it was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Literal
+
+from mail2sms.config import Settings
+from mail2sms.errors import QueueError
+from mail2sms.log import get_logger
+from mail2sms.queue import DEFAULT_BUSY_TIMEOUT, MAX_GROUP, Queue
+from mail2sms.smtp import (
+    TEMPORARY_ERROR,
+    Built,
+    LocalReader,
+    Outcome,
+    Policy,
+    Submission,
+    read_submission,
+    stored,
+)
+
+log = get_logger(__name__)
+
+ReaderMode = Literal["auto", "thread", "process"]
+
+BUSY_READS = 4
+"""Messages being read at once in threads that make "auto" start the reader process."""
+IDLE_STOP = 60.0
+"""Seconds without mail after which "auto" stops the reader process."""
+RESTART_AFTER = 30.0
+"""Seconds before starting a reader process again after one failed or died."""
+START_TIMEOUT = 30.0
+"""Seconds a new reader process has to say it is ready."""
+_HEADER = struct.Struct("!I")
+
+
+class ReaderGoneError(Exception):
+    """The reader process is not there (any more): read the message in a thread instead."""
+
+
+def _frame(item: object) -> bytes:
+    data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+async def _receive(stream: asyncio.StreamReader) -> tuple[str, int, object] | None:
+    """The next frame, or None at the end of the stream."""
+    try:
+        header = await stream.readexactly(_HEADER.size)
+        (size,) = _HEADER.unpack(header)
+        item = pickle.loads(await stream.readexactly(size))  # noqa: S301  our own child
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    kind, number, payload = item
+    return str(kind), int(number), payload
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (systemd's CPUAffinity included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class ReaderProcess:
+    """The daemon's handle on one reader process: send a submission, await its outcome."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Future[Outcome]] = {}
+        self._ids = itertools.count(1)
+        self._replies: asyncio.Task[None] | None = None
+        self.ready = False
+        self.closing = False
+        self.gone = asyncio.Event()
+        """Set when the process has ended (or never started)."""
+
+    @property
+    def pid(self) -> int | None:
+        """The process id, while it runs."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def pending(self) -> int:
+        """Submissions sent and not answered yet."""
+        return len(self._pending)
+
+    async def start(self) -> None:
+        """Start the process and wait until it has opened the queue; ReaderGoneError if not."""
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "mail2sms.reader_process",
+                str(theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        except OSError as exc:
+            ours.close()
+            self.gone.set()
+            raise ReaderGoneError(f"cannot start the reader process: {exc}") from exc
+        finally:
+            theirs.close()
+        stream, self._writer = await asyncio.open_unix_connection(sock=ours)
+        self._writer.write(_frame(("settings", 0, self._settings)))
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                first = await _receive(stream)
+        except TimeoutError:
+            first = None
+        if first is None or first[0] != "ready":
+            await self._end(kill=True)
+            raise ReaderGoneError("the reader process did not start (see its log lines above)")
+        self.ready = True
+        self._replies = asyncio.create_task(self._read_replies(stream), name="reader-replies")
+        log.info("reader_process_started", pid=self.pid)
+
+    async def read(self, submission: Submission, policy: Policy) -> Outcome:
+        """The outcome from the process; ReaderGoneError if it could not be sent there.
+
+        A process that has not answered within the time a read and a commit may take is
+        stopped (``reader_process_stuck``) and the client gets 451: it sends again, and a
+        message that was committed after all is recognised as a duplicate.
+        """
+        writer = self._writer
+        if not self.ready or self.closing or writer is None:
+            raise ReaderGoneError("the reader process is not running")
+        number = next(self._ids)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._pending[number] = future
+        try:
+            writer.write(_frame(("read", number, submission)))
+            async with asyncio.timeout(policy.parse_timeout + DEFAULT_BUSY_TIMEOUT + 5):
+                await writer.drain()
+                return await future
+        except TimeoutError:
+            # no traceback: where it was waiting is not the news
+            log.error("reader_process_stuck", pid=self.pid, peer=submission.peer)  # noqa: TRY400
+            await self._end(kill=True)
+            return Outcome(TEMPORARY_ERROR)
+        except ConnectionError:
+            return Outcome(TEMPORARY_ERROR)
+        finally:
+            self._pending.pop(number, None)
+
+    def reload(self, settings: Settings) -> None:
+        """Send new settings: submissions sent from now on are read under them."""
+        self._settings = settings
+        if self._writer is not None and not self.closing:
+            self._writer.write(_frame(("settings", 0, settings)))
+
+    async def _read_replies(self, stream: asyncio.StreamReader) -> None:
+        while (frame := await _receive(stream)) is not None:
+            _kind, number, outcome = frame
+            future = self._pending.get(number)
+            if future is not None and not future.done() and isinstance(outcome, Outcome):
+                future.set_result(outcome)
+        # The end of the stream: the process has exited (or closed its end).
+        if not self.closing:
+            log.error("reader_process_exited", pid=self.pid, unanswered=len(self._pending))
+        await self._end(kill=False)
+
+    async def close(self, grace: float) -> None:
+        """Let the process answer what it has, then end; kill it after ``grace`` seconds."""
+        if self.closing:
+            await self.gone.wait()
+            return
+        self.closing = True
+        if self._writer is not None:
+            self._writer.close()  # its end of the stream: it finishes and exits
+        if self._proc is not None:
+            try:
+                async with asyncio.timeout(grace):
+                    await self._proc.wait()
+            except TimeoutError:
+                log.warning("reader_process_killed", pid=self.pid)
+        await self._end(kill=True)
+
+    async def _end(self, *, kill: bool) -> None:
+        """Forget the process: unanswered submissions get 451, the process is reaped."""
+        self.ready = False
+        self.closing = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_result(Outcome(TEMPORARY_ERROR))
+        if self._writer is not None:
+            self._writer.close()
+        proc = self._proc
+        if proc is not None:
+            if kill and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await proc.wait()
+        self.gone.set()
+
+
+class SpillReader:
+    """The daemon's reader for ``smtp.reader`` "auto" and "process".
+
+    Reads in threads (``LocalReader``) until a reader process is ready, then there; falls
+    back to threads at once if that process goes away.
+    """
+
+    def __init__(
+        self,
+        local: LocalReader,
+        settings: Settings,
+        *,
+        mode: ReaderMode,
+        busy: int = BUSY_READS,
+        idle_stop: float = IDLE_STOP,
+    ) -> None:
+        self.local = local
+        self.mode = mode
+        self.busy = busy
+        self.idle_stop = idle_stop
+        self._settings = settings
+        self.process: ReaderProcess | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._idle_task: asyncio.Task[None] | None = None
+        self._last_used = time.monotonic()
+        self._not_before = 0.0
+        self._closed = False
+
+    async def read(self, submission: Submission, policy: Policy) -> Outcome:
+        """In the reader process when it runs, else in a thread (and maybe start it)."""
+        process = self.process
+        if process is not None and process.ready:
+            self._last_used = time.monotonic()
+            try:
+                return await process.read(submission, policy)
+            except ReaderGoneError:
+                pass
+        if self.mode == "process" or self.local.reading + 1 >= self.busy:
+            self.start_soon()
+        return await self.local.read(submission, policy)
+
+    def start_soon(self) -> None:
+        """Start a reader process in the background unless one runs or is starting."""
+        if self._closed or self.mode == "thread" or time.monotonic() < self._not_before:
+            return
+        if self._starting is not None or (self.process is not None and not self.process.closing):
+            return
+        self._starting = asyncio.create_task(self._start(), name="reader-start")
+
+    async def _start(self) -> None:
+        process = ReaderProcess(self._settings)
+        try:
+            await process.start()
+        except ReaderGoneError as exc:
+            log.error(  # noqa: TRY400  the reason is in the message
+                "reader_process_failed", error=str(exc), retry_in_s=RESTART_AFTER
+            )
+            self._not_before = time.monotonic() + RESTART_AFTER
+            return
+        finally:
+            self._starting = None
+        if self._closed:
+            await process.close(5.0)
+            return
+        self.process = process
+        self._last_used = time.monotonic()
+        if self._idle_task is None:
+            self._idle_task = asyncio.create_task(self._watch(), name="reader-watch")
+
+    async def _watch(self) -> None:
+        """Notice a process that died (wait before the next) and, in "auto", idleness."""
+        while not self._closed:
+            process = self.process
+            if process is None:
+                break
+            try:
+                async with asyncio.timeout(max(1.0, self.idle_stop / 4)):
+                    await process.gone.wait()
+            except TimeoutError:
+                idle = time.monotonic() - self._last_used
+                if self.mode == "auto" and idle >= self.idle_stop and not process.pending:
+                    log.info("reader_process_stopping", idle_s=round(idle))
+                    self.process = None
+                    await process.close(10.0)
+                continue
+            if self.process is process:  # it ended by itself
+                self.process = None
+                self._not_before = time.monotonic() + RESTART_AFTER
+        self._idle_task = None
+
+    def reload(self, settings: Settings) -> None:
+        """New settings for the running process and those started later (not a new mode)."""
+        self._settings = settings
+        if self.process is not None:
+            self.process.reload(settings)
+        self._not_before = 0.0
+
+    async def close(self, grace: float) -> None:
+        """End the reader process (after it answered what it has) and the background tasks."""
+        self._closed = True
+        if self._starting is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+        if self.process is not None:
+            await self.process.close(grace)
+            self.process = None
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._idle_task
+
+
+def reader_for(local: LocalReader, settings: Settings) -> LocalReader | SpillReader:
+    """The reader ``smtp.reader`` asks for.
+
+    "auto" is "thread" on one CPU, and whenever ``senders.verify`` makes DNS lookups: the
+    reader process reads one message at a time, so a slow lookup would hold up the rest.
+    """
+    mode: ReaderMode = settings.smtp.reader
+    if mode == "thread" or (
+        mode == "auto" and (cpu_count() < 2 or settings.senders.verify != "none")  # noqa: PLR2004
+    ):
+        return local
+    return SpillReader(local, settings, mode=mode)
+
+
+# ---- the reader process itself -----------------------------------------------------------
+
+
+class _Frames:
+    """Frames off a blocking socket: wait for the first, then take what else has arrived."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def batch(self, limit: int) -> list[tuple[str, int, object]] | None:
+        """Up to ``limit`` frames, at least one; None when the daemon closed its end."""
+        frames: list[tuple[str, int, object]] = []
+        wait = True
+        while len(frames) < limit:
+            frame = self._take()
+            if frame is not None:
+                frames.append(frame)
+                continue
+            if frames:  # no whole frame buffered: take only what has already arrived
+                wait = False
+            self._sock.settimeout(None if wait else 0.0)
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                break
+            if not data:
+                return frames or None
+            self._buffer += data
+        return frames
+
+    def _take(self) -> tuple[str, int, object] | None:
+        if len(self._buffer) < _HEADER.size:
+            return None
+        (size,) = _HEADER.unpack_from(self._buffer)
+        end = _HEADER.size + size
+        if len(self._buffer) < end:
+            return None
+        item = pickle.loads(self._buffer[_HEADER.size : end])  # noqa: S301  our own daemon
+        del self._buffer[:end]
+        kind, number, payload = item
+        return str(kind), int(number), payload
+
+
+def _serve(sock: socket.socket) -> None:
+    """Read, check and commit what the daemon sends, a batch at a time, on one thread.
+
+    One thread on purpose: nothing here takes turns with anything else. While one batch is
+    read and committed (one transaction, one fsync) the next arrives in the socket buffer;
+    at a high rate batches grow and each message costs less.
+    """
+    from mail2sms import log as logging_setup  # noqa: PLC0415
+
+    frames = _Frames(sock)
+    first = frames.batch(1)
+    if not first or not isinstance(first[0][2], Settings):
+        return
+    settings = first[0][2]
+    logging_setup.configure(show_numbers=settings.log.show_numbers, level=settings.log.level)
+    policy = Policy.from_settings(settings)
+    with Queue(settings.queue.path) as queue:
+        sock.settimeout(None)
+        sock.sendall(_frame(("ready", 0, None)))
+        while (batch := frames.batch(MAX_GROUP)) is not None:
+            outcomes: list[tuple[int, Outcome]] = []
+            waiting: list[tuple[int, Submission, Built]] = []
+            for kind, number, payload in batch:
+                if kind == "settings" and isinstance(payload, Settings):
+                    _commit(queue, waiting, outcomes)  # read under the old settings
+                    settings, policy = payload, Policy.from_settings(payload)
+                    logging_setup.configure(
+                        show_numbers=settings.log.show_numbers, level=settings.log.level
+                    )
+                elif kind == "read" and isinstance(payload, Submission):
+                    built = read_submission(payload, policy)
+                    if isinstance(built, Outcome):
+                        outcomes.append((number, built))
+                    else:
+                        waiting.append((number, payload, built))
+            _commit(queue, waiting, outcomes)
+            sock.settimeout(None)
+            sock.sendall(b"".join(_frame(("done", n, outcome)) for n, outcome in outcomes))
+
+
+def _commit(
+    queue: Queue,
+    waiting: list[tuple[int, Submission, Built]],
+    outcomes: list[tuple[int, Outcome]],
+) -> None:
+    """Commit the built messages in one transaction; their outcomes go to ``outcomes``."""
+    if not waiting:
+        return
+    items = [(built.message, built.since, built.quota) for _, _, built in waiting]
+    results: list[tuple[str, bool] | Exception]
+    try:
+        results = list(queue.enqueue_group(items))
+    except QueueError as exc:  # the commit failed: none of them is stored
+        results = [exc] * len(waiting)
+    outcomes.extend(
+        (number, stored(built, result, submission))
+        for (number, submission, built), result in zip(waiting, results, strict=True)
+    )
+    waiting.clear()
+
+
+def main() -> int:
+    """``python -m mail2sms.reader_process FD``: serve the daemon on socket FD until it closes."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # the daemon decides when this ends
+    with socket.socket(fileno=int(sys.argv[1])) as sock:
+        _serve(sock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
