@@ -39,10 +39,15 @@ TOKEN = "22|fakeDataFlowsToken0123456789abcdefghijklm"
 
 
 def rss_mb(pid: int) -> float:
+    """RSS of a process and its children (mail2sms's reader process counts), in MB."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total += int(line.split()[1]) / 1024
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            total += rss_mb(int(child))
+    return total
 
 
 def smtp_source() -> list[str] | None:
@@ -102,6 +107,7 @@ class Mail2sms:
 
     workdir: Path
     provider_url: str
+    reader: str = "auto"
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     ready_s: float = 0.0
@@ -121,6 +127,7 @@ listen = "127.0.0.1:0"
 hostname = "bench.test"
 max_connections = 1000
 max_connections_per_client = 1000
+reader = "{self.reader}"
 [limits]
 max_recipients = 150
 per_sender_per_hour = 0
@@ -270,7 +277,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
 
         # ---- mail2sms, provider answers at once ------------------------------------
         fake = Child([PY, str(HERE / "fake_provider.py")], prefix="URL")
-        app = Mail2sms(tmp / "fast", fake.value)
+        app = Mail2sms(tmp / "fast", fake.value, args.reader)
         app.workdir.mkdir()
         app.start()
         rows.append(Row("start to READY <= 1 s", f"{app.ready_s:.2f} s", app.ready_s <= 1.0))
@@ -285,7 +292,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
         app.stop()
         fake.close()  # a fresh fake: DataFlows' 600 a minute counts per account
         fake = Child([PY, str(HERE / "fake_provider.py")], prefix="URL")
-        app = Mail2sms(tmp / "e2e", fake.value)
+        app = Mail2sms(tmp / "e2e", fake.value, args.reader)
         app.workdir.mkdir()
         app.start()
         ratio = accept["rate"] / bare_rate
@@ -384,7 +391,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
 
         # ---- mail2sms, provider takes 200 ms ---------------------------------------
         slow = Child([PY, str(HERE / "fake_provider.py"), "--delay", "0.2"], prefix="URL")
-        app = Mail2sms(tmp / "slow", slow.value)
+        app = Mail2sms(tmp / "slow", slow.value, args.reader)
         app.workdir.mkdir()
         app.start()
         started = time.perf_counter()
@@ -450,7 +457,7 @@ def sweep(args: argparse.Namespace, tmp: Path) -> None:
     results: dict[str, list[dict[str, float]]] = {"bare aiosmtpd": [], "mail2sms": []}
     bare = Child([PY, str(HERE / "baseline.py")], prefix="PORT")
     fake = Child([PY, str(HERE / "fake_provider.py")], prefix="URL")
-    app = Mail2sms(tmp / "sweep", fake.value)
+    app = Mail2sms(tmp / "sweep", fake.value, args.reader)
     app.workdir.mkdir()
     app.start()
     try:
@@ -482,6 +489,9 @@ def main() -> None:
     parser.add_argument("--sweep", default="", help="concurrency levels, e.g. 1,5,10,20,50")
     parser.add_argument("--python-load", action="store_true", help="never use smtp-source")
     parser.add_argument("--tmpdir", default=None, help="where the queues go (a real disk)")
+    parser.add_argument(
+        "--reader", default="auto", choices=("auto", "thread", "process"), help="smtp.reader"
+    )
     args = parser.parse_args()
     rows = bench(args)
     width = max(len(r.target) for r in rows)
