@@ -102,6 +102,8 @@ class ReaderProcess:
         self._replies: asyncio.Task[None] | None = None
         self.ready = False
         self.closing = False
+        self.answered = 0
+        """Submissions the process has answered."""
         self.gone = asyncio.Event()
         """Set when the process has ended (or never started)."""
 
@@ -186,6 +188,7 @@ class ReaderProcess:
             _kind, number, outcome = frame
             future = self._pending.get(number)
             if future is not None and not future.done() and isinstance(outcome, Outcome):
+                self.answered += 1
                 future.set_result(outcome)
         # The end of the stream: the process has exited (or closed its end).
         if not self.closing:

@@ -26,7 +26,14 @@ ALLOWED = "alice@example.com"
 def base_config(tmp_path: Path) -> dict[str, Any]:
     """A complete, valid config for tests: outbox provider, queue in tmp_path, any free port."""
     return {
-        "smtp": {"listen": "127.0.0.1:0", "hostname": "sms.test", "max_message_size": 65536},
+        # "thread": what a test logs is captured in its process (test_reader_process.py
+        # covers the reader process)
+        "smtp": {
+            "listen": "127.0.0.1:0",
+            "hostname": "sms.test",
+            "max_message_size": 65536,
+            "reader": "thread",
+        },
         "gateway": {
             "addresses": [GATEWAY],
             "domains": [DOMAIN],

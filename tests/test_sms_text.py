@@ -424,3 +424,35 @@ def test_truncate_fits_and_is_a_prefix_plus_ellipsis(text: str, max_parts: int) 
         ellipsis = "..." if result.endswith("...") and measure(result).encoding is GSM else "\u2026"
         assert result.endswith(ellipsis)
         assert text.startswith(result[: -len(ellipsis)])
+
+
+def _measure_char_by_char(text: str) -> tuple[str, int, int]:
+    """The definition ``measure`` implements, one character at a time (its old code)."""
+    from mail2sms.sms_text import GSM7_BASIC, GSM7_EXTENSION  # noqa: PLC0415
+
+    if not text:
+        return "gsm7", 0, 0
+    if all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in text):
+        costs = [2 if c in GSM7_EXTENSION else 1 for c in text]
+        single, multi, name = 160, 153, "gsm7"
+    else:
+        costs = [2 if ord(c) > 0xFFFF else 1 for c in text]
+        single, multi, name = 70, 67, "ucs2"
+    units = sum(costs)
+    if units <= single:
+        return name, units, 1
+    parts, used = 1, 0
+    for cost in costs:
+        if used + cost > multi:
+            parts, used = parts + 1, 0
+        used += cost
+    return name, units, parts
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from("aZ09 @€[]^{}|~\\\n\r£éΔ😀中ç"), max_size=700))
+def test_measure_counts_as_the_definition_does(text: str) -> None:
+    length = measure(text)
+    assert (length.encoding.value.lower().replace("-", ""), length.units, length.parts) == (
+        _measure_char_by_char(text)
+    )
