@@ -36,6 +36,7 @@ from mail2sms.errors import QueueError
 from mail2sms.log import get_logger
 from mail2sms.queue import DEFAULT_BUSY_TIMEOUT, MAX_GROUP, Queue
 from mail2sms.smtp import (
+    PARSE_TOO_SLOW,
     TEMPORARY_ERROR,
     Built,
     LocalReader,
@@ -43,6 +44,7 @@ from mail2sms.smtp import (
     Policy,
     Submission,
     read_submission,
+    refused_outcome,
     stored,
 )
 
@@ -58,6 +60,8 @@ RESTART_AFTER = 30.0
 """Seconds before starting a reader process again after one failed or died."""
 START_TIMEOUT = 30.0
 """Seconds a new reader process has to say it is ready."""
+BATCH_TIME = 0.5
+"""Seconds a reader batch takes messages for before it commits and answers them."""
 _HEADER = struct.Struct("!I")
 
 
@@ -104,6 +108,7 @@ class ReaderProcess:
         self.closing = False
         self.answered = 0
         """Submissions the process has answered."""
+        self._heard = time.monotonic()
         self.gone = asyncio.Event()
         """Set when the process has ended (or never started)."""
 
@@ -135,13 +140,16 @@ class ReaderProcess:
             raise ReaderGoneError(f"cannot start the reader process: {exc}") from exc
         finally:
             theirs.close()
-        stream, self._writer = await asyncio.open_unix_connection(sock=ours)
-        self._writer.write(_frame(("settings", 0, self._settings)))
         try:
+            stream, self._writer = await asyncio.open_unix_connection(sock=ours)
+            self._writer.write(_frame(("settings", 0, self._settings)))
             async with asyncio.timeout(START_TIMEOUT):
                 first = await _receive(stream)
-        except TimeoutError:
-            first = None
+        except BaseException as exc:  # a timeout, a socket error, or our own cancellation
+            await self._end(kill=True)
+            if isinstance(exc, Exception):
+                raise ReaderGoneError(f"the reader process did not start: {exc!r}") from exc
+            raise
         if first is None or first[0] != "ready":
             await self._end(kill=True)
             raise ReaderGoneError("the reader process did not start (see its log lines above)")
@@ -152,9 +160,9 @@ class ReaderProcess:
     async def read(self, submission: Submission, policy: Policy) -> Outcome:
         """The outcome from the process; ReaderGoneError if it could not be sent there.
 
-        A process that has not answered within the time a read and a commit may take is
-        stopped (``reader_process_stuck``) and the client gets 451: it sends again, and a
-        message that was committed after all is recognised as a duplicate.
+        A process that has said nothing for as long as reading one message and one commit
+        may take, while work waits, is stuck: it is stopped (``reader_process_stuck``) and
+        its clients get 451. A busy one that answers batch after batch is waited for.
         """
         writer = self._writer
         if not self.ready or self.closing or writer is None:
@@ -162,16 +170,21 @@ class ReaderProcess:
         number = next(self._ids)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending[number] = future
+        silence = policy.parse_timeout + DEFAULT_BUSY_TIMEOUT + BATCH_TIME + 5
         try:
             writer.write(_frame(("read", number, submission)))
-            async with asyncio.timeout(policy.parse_timeout + DEFAULT_BUSY_TIMEOUT + 5):
-                await writer.drain()
-                return await future
-        except TimeoutError:
-            # no traceback: where it was waiting is not the news
-            log.error("reader_process_stuck", pid=self.pid, peer=submission.peer)  # noqa: TRY400
-            await self._end(kill=True)
-            return Outcome(TEMPORARY_ERROR)
+            await writer.drain()
+            while True:
+                try:
+                    async with asyncio.timeout(silence):
+                        return await asyncio.shield(future)
+                except TimeoutError:
+                    if time.monotonic() - self._heard < silence:
+                        continue  # busy, not stuck: it answered others meanwhile
+                    # no traceback: where it was waiting is not the news
+                    log.error("reader_process_stuck", pid=self.pid, peer=submission.peer)  # noqa: TRY400
+                    await self._end(kill=True)
+                    return Outcome(TEMPORARY_ERROR)
         except ConnectionError:
             return Outcome(TEMPORARY_ERROR)
         finally:
@@ -185,6 +198,7 @@ class ReaderProcess:
 
     async def _read_replies(self, stream: asyncio.StreamReader) -> None:
         while (frame := await _receive(stream)) is not None:
+            self._heard = time.monotonic()
             _kind, number, outcome = frame
             future = self._pending.get(number)
             if future is not None and not future.done() and isinstance(outcome, Outcome):
@@ -201,8 +215,10 @@ class ReaderProcess:
             await self.gone.wait()
             return
         self.closing = True
-        if self._writer is not None:
-            self._writer.close()  # its end of the stream: it finishes and exits
+        if self._writer is not None and self._writer.can_write_eof():
+            # our sending side only: it answers what it has (read on), then exits
+            with contextlib.suppress(OSError):
+                self._writer.write_eof()
         if self._proc is not None:
             try:
                 async with asyncio.timeout(grace):
@@ -215,6 +231,8 @@ class ReaderProcess:
         """Forget the process: unanswered submissions get 451, the process is reaped."""
         self.ready = False
         self.closing = True
+        if kill and self._replies is not None and self._replies is not asyncio.current_task():
+            self._replies.cancel()
         for future in self._pending.values():
             if not future.done():
                 future.set_result(Outcome(TEMPORARY_ERROR))
@@ -284,7 +302,7 @@ class SpillReader:
         process = ReaderProcess(self._settings)
         try:
             await process.start()
-        except ReaderGoneError as exc:
+        except ReaderGoneError as exc:  # start() killed what it had started
             log.error(  # noqa: TRY400  the reason is in the message
                 "reader_process_failed", error=str(exc), retry_in_s=RESTART_AFTER
             )
@@ -331,16 +349,20 @@ class SpillReader:
     async def close(self, grace: float) -> None:
         """End the reader process (after it answered what it has) and the background tasks."""
         self._closed = True
-        if self._starting is not None:
+        if self._starting is not None:  # its process is killed (ReaderProcess.start)
+            self._starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
         if self.process is not None:
             await self.process.close(grace)
             self.process = None
-        if self._idle_task is not None:
-            self._idle_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._idle_task
+        watcher = self._idle_task
+        if watcher is not None:  # it may be stopping an idle process: let it finish
+            try:
+                async with asyncio.timeout(grace + 15):
+                    await watcher
+            except TimeoutError:
+                watcher.cancel()
 
 
 def reader_for(local: LocalReader, settings: Settings) -> LocalReader | SpillReader:
@@ -361,32 +383,28 @@ def reader_for(local: LocalReader, settings: Settings) -> LocalReader | SpillRea
 
 
 class _Frames:
-    """Frames off a blocking socket: wait for the first, then take what else has arrived."""
+    """Frames off a blocking socket, one at a time."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = bytearray()
 
-    def batch(self, limit: int) -> list[tuple[str, int, object]] | None:
-        """Up to ``limit`` frames, at least one; None when the daemon closed its end."""
-        frames: list[tuple[str, int, object]] = []
-        wait = True
-        while len(frames) < limit:
-            frame = self._take()
-            if frame is not None:
-                frames.append(frame)
-                continue
-            if frames:  # no whole frame buffered: take only what has already arrived
-                wait = False
+    def next(self, *, wait: bool) -> tuple[str, int, object] | None:
+        """The next frame; None when none has arrived (``wait=False``) or at the end."""
+        while (frame := self._take()) is None:
             self._sock.settimeout(None if wait else 0.0)
             try:
                 data = self._sock.recv(1 << 16)
             except BlockingIOError:
-                break
+                return None
             if not data:
-                return frames or None
+                self.ended = True
+                return None
             self._buffer += data
-        return frames
+        return frame
+
+    ended = False
+    """The daemon closed its end."""
 
     def _take(self) -> tuple[str, int, object] | None:
         if len(self._buffer) < _HEADER.size:
@@ -401,29 +419,62 @@ class _Frames:
         return str(kind), int(number), payload
 
 
+class _ParseTimeoutError(BaseException):
+    """Raised by SIGALRM inside a read that ran over ``parse_timeout``.
+
+    Not an Exception, so the reader's own ``except Exception`` does not take it for a
+    parser failure.
+    """
+
+
+def _on_alarm(_signum: int, _frame: object) -> None:
+    raise _ParseTimeoutError
+
+
+def _read_within(submission: Submission, policy: Policy) -> Built | Outcome:
+    """``read_submission``, stopped after ``policy.parse_timeout`` (554, as in a thread).
+
+    Here the read really stops: one thread, so the alarm interrupts it.
+    """
+    try:
+        signal.setitimer(signal.ITIMER_REAL, policy.parse_timeout)
+        try:
+            return read_submission(submission, policy)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _ParseTimeoutError:  # also if it fired just as the read ended: one-shot
+        log.warning("smtp_parse_timeout", size=len(submission.raw), peer=submission.peer)
+        reply = PARSE_TOO_SLOW.format(seconds=f"{policy.parse_timeout:g}")
+        return refused_outcome("DATA", reply, submission.peer)
+
+
 def _serve(sock: socket.socket) -> None:
     """Read, check and commit what the daemon sends, a batch at a time, on one thread.
 
     One thread on purpose: nothing here takes turns with anything else. While one batch is
     read and committed (one transaction, one fsync) the next arrives in the socket buffer;
-    at a high rate batches grow and each message costs less.
+    at a high rate batches grow and each message costs less. A batch takes messages for
+    at most ``BATCH_TIME`` seconds, so the daemon hears back at least that often.
     """
     from mail2sms import log as logging_setup  # noqa: PLC0415
 
+    signal.signal(signal.SIGALRM, _on_alarm)
     frames = _Frames(sock)
-    first = frames.batch(1)
-    if not first or not isinstance(first[0][2], Settings):
+    first = frames.next(wait=True)
+    if first is None or not isinstance(first[2], Settings):
         return
-    settings = first[0][2]
+    settings = first[2]
     logging_setup.configure(show_numbers=settings.log.show_numbers, level=settings.log.level)
     policy = Policy.from_settings(settings)
     with Queue(settings.queue.path) as queue:
         sock.settimeout(None)
         sock.sendall(_frame(("ready", 0, None)))
-        while (batch := frames.batch(MAX_GROUP)) is not None:
+        while (frame := frames.next(wait=True)) is not None:
             outcomes: list[tuple[int, Outcome]] = []
             waiting: list[tuple[int, Submission, Built]] = []
-            for kind, number, payload in batch:
+            began, taken = time.monotonic(), 0
+            while frame is not None:
+                kind, number, payload = frame
                 if kind == "settings" and isinstance(payload, Settings):
                     _commit(queue, waiting, outcomes)  # read under the old settings
                     settings, policy = payload, Policy.from_settings(payload)
@@ -431,11 +482,15 @@ def _serve(sock: socket.socket) -> None:
                         show_numbers=settings.log.show_numbers, level=settings.log.level
                     )
                 elif kind == "read" and isinstance(payload, Submission):
-                    built = read_submission(payload, policy)
+                    taken += 1
+                    built = _read_within(payload, policy)
                     if isinstance(built, Outcome):
                         outcomes.append((number, built))
                     else:
                         waiting.append((number, payload, built))
+                if taken >= MAX_GROUP or time.monotonic() - began >= BATCH_TIME:
+                    break
+                frame = frames.next(wait=False)
             _commit(queue, waiting, outcomes)
             sock.settimeout(None)
             sock.sendall(b"".join(_frame(("done", n, outcome)) for n, outcome in outcomes))
