@@ -79,10 +79,15 @@ async def _receive(stream: asyncio.StreamReader) -> tuple[str, int, object] | No
     try:
         header = await stream.readexactly(_HEADER.size)
         (size,) = _HEADER.unpack(header)
-        item = pickle.loads(await stream.readexactly(size))  # noqa: S301  our own child
+        data = await stream.readexactly(size)
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
-    kind, number, payload = item
+    return _unframe(data)
+
+
+def _unframe(data: bytes | bytearray) -> tuple[str, int, object]:
+    """A frame's body: (kind, number, payload), the one shape both ends send."""
+    kind, number, payload = pickle.loads(data)  # noqa: S301  both ends are this program
     return str(kind), int(number), payload
 
 
@@ -413,10 +418,9 @@ class _Frames:
         end = _HEADER.size + size
         if len(self._buffer) < end:
             return None
-        item = pickle.loads(self._buffer[_HEADER.size : end])  # noqa: S301  our own daemon
+        frame = _unframe(self._buffer[_HEADER.size : end])
         del self._buffer[:end]
-        kind, number, payload = item
-        return str(kind), int(number), payload
+        return frame
 
 
 class _ParseTimeoutError(BaseException):
