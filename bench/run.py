@@ -16,6 +16,7 @@ none). Prints a table: each target, the measured value, MET or NOT MET.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
@@ -257,7 +258,22 @@ def best(runs: list[dict[str, float]]) -> dict[str, float]:
     return max(runs, key=lambda r: r["rate"])
 
 
+def ready_time(workdir: Path, provider_url: str) -> float:
+    """Seconds from exec to READY of a fresh ``mail2sms serve`` (stopped again)."""
+    workdir.mkdir()
+    app = Mail2sms(workdir, provider_url)
+    try:
+        app.start()
+    finally:
+        app.stop()
+    return app.ready_s
+
+
 def bench(args: argparse.Namespace) -> list[Row]:
+    # Installed from a wheel or sdist, pip compiles the package to bytecode; an editable
+    # checkout may not have it (PYTHONDONTWRITEBYTECODE): compile it so start-up is timed
+    # as installed, not with a compile of every module.
+    compileall.compile_dir(str(HERE.parent / "mail2sms"), quiet=1)
     rows: list[Row] = []
     tool = None if args.python_load else smtp_source()
     print(f"load: {'smtp-source' if tool else 'loadgen.py (pure Python)'}", file=sys.stderr)
@@ -280,7 +296,15 @@ def bench(args: argparse.Namespace) -> list[Row]:
         app = Mail2sms(tmp / "fast", fake.value, args.reader)
         app.workdir.mkdir()
         app.start()
-        rows.append(Row("start to READY <= 1 s", f"{app.ready_s:.2f} s", app.ready_s <= 1.0))
+        starts = sorted([app.ready_s, *(ready_time(tmp / f"start{i}", fake.value) for i in (1, 2))])
+        ready = starts[1]  # the median of three starts: one start is one noisy sample
+        rows.append(
+            Row(
+                "start to READY <= 1 s",
+                f"{ready:.2f} s (of {', '.join(f'{x:.2f}' for x in starts)})",
+                ready <= 1.0,
+            )
+        )
         time.sleep(1)
         idle = rss_mb(app.proc.pid)  # type: ignore[union-attr]
         rows.append(Row("RSS idle <= 60 MB", f"{idle:.1f} MB", idle <= 60))

@@ -85,8 +85,14 @@ class App:
         settings = self.settings
         for note in settings.warnings():
             log.warning("config_warning", detail=note)
-        self.queue = await AsyncQueue.open(settings.queue.path)
-        recovered = await self.queue.recover(time.time())
+        # The HTTP client reads the CA bundle (tens of ms, mostly without the GIL): it is
+        # made on another thread while the queue opens, so that it does not delay READY.
+        making_client = asyncio.ensure_future(asyncio.to_thread(http_client, settings))
+        try:
+            self.queue = await AsyncQueue.open(settings.queue.path)
+            recovered = await self.queue.recover(time.time())
+        finally:
+            self.client = await making_client  # kept even on failure, for stop() to close
         if recovered:
             log.warning(
                 "recovered_in_flight",
@@ -94,7 +100,6 @@ class App:
                 detail="these were being sent when the daemon stopped; they are sent again "
                 "and may arrive twice",
             )
-        self.client = http_client(settings)
         self.provider = build_provider(settings.provider, self.client)
         self.bouncer = self._build_bouncer(self.queue)
         self.delivery = Delivery(

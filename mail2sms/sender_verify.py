@@ -26,20 +26,20 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
-import dkim
-import dkim.util
-import dns.exception
-import dns.name
-import dns.resolver
-import spf
 from publicsuffixlist import PublicSuffixList
 
 from mail2sms.config import SendersConfig
 from mail2sms.errors import SenderCheckDeferredError, SenderUnverifiedError
 from mail2sms.mail_address import ascii_domain
 from mail2sms.mail_parse import header_block
+
+if TYPE_CHECKING:
+    import dns.resolver
+
+# dnspython, dkimpy and pyspf (both import dnspython) are imported where they are first used:
+# together they are a tenth of a second of every start, and most gateways never verify.
 
 __all__ = [
     "DnsError",
@@ -85,6 +85,9 @@ class DnsResolver:
         self._resolver: dns.resolver.Resolver | None = None
 
     def _get(self) -> dns.resolver.Resolver:
+        import dns.exception  # noqa: PLC0415  # see the note at the top
+        import dns.resolver  # noqa: PLC0415
+
         if self._resolver is None:
             try:
                 resolver = dns.resolver.Resolver(configure=not self.servers)
@@ -97,6 +100,10 @@ class DnsResolver:
 
     def lookup(self, name: str, rdtype: str, timeout: float) -> list[str]:
         """Ask the configured servers; see ``Resolver.lookup``."""
+        import dns.exception  # noqa: PLC0415  # see the note at the top
+        import dns.name  # noqa: PLC0415
+        import dns.resolver  # noqa: PLC0415
+
         try:
             answer = self._get().resolve(
                 name, rdtype, lifetime=timeout, search=False, raise_on_no_answer=False
@@ -135,36 +142,43 @@ class _Lookups:
         return self.resolver.lookup(name.rstrip(".").lower(), rdtype, min(self.timeout, remaining))
 
 
-class _SpfQuery(spf.query):  # type: ignore[misc]  # pyspf is untyped
-    """pyspf's evaluation (macros, include, redirect, limits) over our lookups, not its own."""
+@functools.cache
+def _spf_query_type() -> type[Any]:
+    """The SPF query class over our lookups, made at first use: pyspf imports dnspython."""
+    import spf  # noqa: PLC0415  # see the note at the top
 
-    def __init__(self, lookups: _Lookups, **kwargs: Any) -> None:  # noqa: ANN401
-        super().__init__(**kwargs)
-        self.mail2sms_lookups = lookups  # pyspf's own ``lookups`` is its lookup counter
+    class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf is untyped
+        """pyspf's evaluation (macros, include, redirect, limits) over our lookups, not its own."""
 
-    def dns(
-        self, name: str, qtype: str, cnames: object = None, *, ignore_void: bool = False
-    ) -> list[Any]:
-        """Answer pyspf's lookups from ``lookups`` (the resolver follows CNAMEs itself)."""
-        del cnames
-        name = str(name).rstrip(".").lower()
-        if not name or not all(0 < len(label) < 64 for label in name.split(".")):  # noqa: PLR2004
-            return []
-        key = (name, qtype)
-        if key not in self.cache:
-            records: list[str] = []
-            if qtype != "SPF":  # type 99 is obsolete (RFC 7208 §3.1): not asked for
-                try:
-                    records = self.mail2sms_lookups.get(name, qtype)
-                except DnsError as exc:
-                    raise spf.TempError(f"DNS {exc}") from None
-            self.cache[key] = [_spf_value(qtype, r) for r in records]
-        result: list[Any] = self.cache[key]
-        if not result and not ignore_void:
-            self.void_lookups += 1
-            if self.void_lookups > spf.MAX_VOID_LOOKUPS:
-                raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
-        return result
+        def __init__(self, lookups: _Lookups, **kwargs: Any) -> None:  # noqa: ANN401
+            super().__init__(**kwargs)
+            self.mail2sms_lookups = lookups  # pyspf's own ``lookups`` is its lookup counter
+
+        def dns(
+            self, name: str, qtype: str, cnames: object = None, *, ignore_void: bool = False
+        ) -> list[Any]:
+            """Answer pyspf's lookups from ``lookups`` (the resolver follows CNAMEs itself)."""
+            del cnames
+            name = str(name).rstrip(".").lower()
+            if not name or not all(0 < len(label) < 64 for label in name.split(".")):  # noqa: PLR2004
+                return []
+            key = (name, qtype)
+            if key not in self.cache:
+                records: list[str] = []
+                if qtype != "SPF":  # type 99 is obsolete (RFC 7208 §3.1): not asked for
+                    try:
+                        records = self.mail2sms_lookups.get(name, qtype)
+                    except DnsError as exc:
+                        raise spf.TempError(f"DNS {exc}") from None
+                self.cache[key] = [_spf_value(qtype, r) for r in records]
+            result: list[Any] = self.cache[key]
+            if not result and not ignore_void:
+                self.void_lookups += 1
+                if self.void_lookups > spf.MAX_VOID_LOOKUPS:
+                    raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
+            return result
+
+    return SpfQuery
 
 
 def _spf_value(qtype: str, record: str) -> object:
@@ -474,6 +488,9 @@ class _Checks:
 
     def dkim(self, raw: bytes, mode: Alignment) -> str | None:
         """Verify the signatures whose d= is aligned; the first that verifies wins."""
+        import dkim  # noqa: PLC0415  # see the note at the top
+        import dkim.util  # noqa: PLC0415
+
         message = dkim.DKIM(raw, minkey=_MIN_RSA_BITS, timeout=self.lookups.timeout)
         signatures = [v for k, v in message.headers if k.lower() == b"dkim-signature"]
         if not signatures:
@@ -496,6 +513,8 @@ class _Checks:
         return None
 
     def _verify(self, message: Any, index: int, signer: str) -> bool:  # noqa: ANN401  untyped
+        import dkim  # noqa: PLC0415  # see the note at the top
+
         try:
             if message.verify(idx=index, dnsfunc=self._txt):
                 return True
@@ -520,7 +539,7 @@ class _Checks:
         if client_ip is None:
             self.failures.append("spf=none (no client address)")
             return None
-        query = _SpfQuery(self.lookups, i=client_ip, s=address, h=helo)
+        query = _spf_query_type()(self.lookups, i=client_ip, s=address, h=helo)
         result, _code, explanation = query.check()
         if result == "pass":
             return f"spf=pass smtp.mailfrom={identity}"
