@@ -28,11 +28,13 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from mail2sms.config import Settings
-from mail2sms.errors import QueueError
 from mail2sms.log import get_logger
 from mail2sms.queue import DEFAULT_BUSY_TIMEOUT, MAX_GROUP, Queue
 from mail2sms.smtp import (
@@ -60,8 +62,6 @@ RESTART_AFTER = 30.0
 """Seconds before starting a reader process again after one failed or died."""
 START_TIMEOUT = 30.0
 """Seconds a new reader process has to say it is ready."""
-BATCH_TIME = 0.5
-"""Seconds a reader batch takes messages for before it commits and answers them."""
 _HEADER = struct.Struct("!I")
 
 
@@ -175,7 +175,7 @@ class ReaderProcess:
         number = next(self._ids)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending[number] = future
-        silence = policy.parse_timeout + DEFAULT_BUSY_TIMEOUT + BATCH_TIME + 5
+        silence = policy.parse_timeout + DEFAULT_BUSY_TIMEOUT + 5
         try:
             writer.write(_frame(("read", number, submission)))
             await writer.drain()
@@ -394,14 +394,10 @@ class _Frames:
         self._sock = sock
         self._buffer = bytearray()
 
-    def next(self, *, wait: bool) -> tuple[str, int, object] | None:
-        """The next frame; None when none has arrived (``wait=False``) or at the end."""
+    def next(self) -> tuple[str, int, object] | None:
+        """The next frame, waiting for it; None at the end."""
         while (frame := self._take()) is None:
-            self._sock.settimeout(None if wait else 0.0)
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return None
+            data = self._sock.recv(1 << 16)
             if not data:
                 self.ended = True
                 return None
@@ -452,73 +448,124 @@ def _read_within(submission: Submission, policy: Policy) -> Built | Outcome:
         return refused_outcome("DATA", reply, submission.peer)
 
 
-def _serve(sock: socket.socket) -> None:
-    """Read, check and commit what the daemon sends, a batch at a time, on one thread.
+class _Committer:
+    """Commits what the reading thread has built, a group at a time, on a thread of its own.
 
-    One thread on purpose: nothing here takes turns with anything else. While one batch is
-    read and committed (one transaction, one fsync) the next arrives in the socket buffer;
-    at a high rate batches grow and each message costs less. A batch takes messages for
-    at most ``BATCH_TIME`` seconds, so the daemon hears back at least that often.
+    While one group commits (one transaction, one fsync; SQLite runs without the GIL) the
+    next messages are read, and each group is answered as soon as it is durable. Reading
+    and committing by turns instead kept every client in step: all of them waited for the
+    whole batch, then all sent at once, and each side idled while the other worked.
+    """
+
+    def __init__(self, path: Path, send: Callable[[list[tuple[int, Outcome]]], None]) -> None:
+        self._path = path
+        self._send = send
+        self._changed = threading.Condition()
+        self._waiting: list[tuple[int, Submission, Built]] = []
+        self._closing = False
+        self._opened: BaseException | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reader-commit", daemon=True)
+
+    def open(self) -> None:
+        """Open the queue on the commit thread (sqlite3 connections stay on theirs)."""
+        self._thread.start()
+        self._ready.wait()
+        if self._opened is not None:
+            self._thread.join()
+            raise self._opened
+
+    def add(self, number: int, submission: Submission, built: Built) -> None:
+        """Commit this message with the next group."""
+        with self._changed:
+            self._waiting.append((number, submission, built))
+            self._changed.notify()
+
+    def close(self) -> None:
+        """Commit and answer what waits, then end the thread."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            queue = Queue(self._path)
+        except BaseException as exc:  # noqa: BLE001  handed to open() in the reading thread
+            self._opened = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        with queue:
+            while True:
+                with self._changed:
+                    while not self._waiting and not self._closing:
+                        self._changed.wait()
+                    if not self._waiting:
+                        return
+                    group = self._waiting[:MAX_GROUP]
+                    del self._waiting[:MAX_GROUP]
+                self._send(_commit(queue, group))
+
+
+def _serve(sock: socket.socket) -> None:
+    """Read and check each message as it comes; a second thread commits and answers them.
+
+    Reading stays on the main thread, where SIGALRM can stop a read at ``parse_timeout``.
+    A refusal is answered at once; what is built waits for the next group commit.
     """
     from mail2sms import log as logging_setup  # noqa: PLC0415
 
     signal.signal(signal.SIGALRM, _on_alarm)
+    sock.settimeout(None)
     frames = _Frames(sock)
-    first = frames.next(wait=True)
+    first = frames.next()
     if first is None or not isinstance(first[2], Settings):
         return
     settings = first[2]
     logging_setup.configure(show_numbers=settings.log.show_numbers, level=settings.log.level)
     policy = Policy.from_settings(settings)
-    with Queue(settings.queue.path) as queue:
-        sock.settimeout(None)
-        sock.sendall(_frame(("ready", 0, None)))
-        while (frame := frames.next(wait=True)) is not None:
-            outcomes: list[tuple[int, Outcome]] = []
-            waiting: list[tuple[int, Submission, Built]] = []
-            began, taken = time.monotonic(), 0
-            while frame is not None:
-                kind, number, payload = frame
-                if kind == "settings" and isinstance(payload, Settings):
-                    _commit(queue, waiting, outcomes)  # read under the old settings
-                    settings, policy = payload, Policy.from_settings(payload)
-                    logging_setup.configure(
-                        show_numbers=settings.log.show_numbers, level=settings.log.level
-                    )
-                elif kind == "read" and isinstance(payload, Submission):
-                    taken += 1
-                    built = _read_within(payload, policy)
-                    if isinstance(built, Outcome):
-                        outcomes.append((number, built))
-                    else:
-                        waiting.append((number, payload, built))
-                if taken >= MAX_GROUP or time.monotonic() - began >= BATCH_TIME:
-                    break
-                frame = frames.next(wait=False)
-            _commit(queue, waiting, outcomes)
-            sock.settimeout(None)
-            sock.sendall(b"".join(_frame(("done", n, outcome)) for n, outcome in outcomes))
+    sending = threading.Lock()
+
+    def send(outcomes: list[tuple[int, Outcome]]) -> None:
+        data = b"".join(_frame(("done", number, outcome)) for number, outcome in outcomes)
+        with sending:
+            sock.sendall(data)
+
+    committer = _Committer(settings.queue.path, send)
+    committer.open()
+    try:
+        with sending:
+            sock.sendall(_frame(("ready", 0, None)))
+        while (frame := frames.next()) is not None:
+            kind, number, payload = frame
+            if kind == "settings" and isinstance(payload, Settings):
+                settings, policy = payload, Policy.from_settings(payload)
+                logging_setup.configure(
+                    show_numbers=settings.log.show_numbers, level=settings.log.level
+                )
+            elif kind == "read" and isinstance(payload, Submission):
+                built = _read_within(payload, policy)
+                if isinstance(built, Outcome):
+                    send([(number, built)])
+                else:
+                    committer.add(number, payload, built)
+    finally:
+        committer.close()
 
 
-def _commit(
-    queue: Queue,
-    waiting: list[tuple[int, Submission, Built]],
-    outcomes: list[tuple[int, Outcome]],
-) -> None:
-    """Commit the built messages in one transaction; their outcomes go to ``outcomes``."""
-    if not waiting:
-        return
-    items = [(built.message, built.since, built.quota) for _, _, built in waiting]
+def _commit(queue: Queue, group: list[tuple[int, Submission, Built]]) -> list[tuple[int, Outcome]]:
+    """Commit the built messages in one transaction; their outcomes, to be answered."""
+    items = [(built.message, built.since, built.quota) for _, _, built in group]
     results: list[tuple[str, bool] | Exception]
     try:
         results = list(queue.enqueue_group(items))
-    except QueueError as exc:  # the commit failed: none of them is stored
-        results = [exc] * len(waiting)
-    outcomes.extend(
+    except Exception as exc:  # noqa: BLE001  none is stored: 451 via stored() (QueueError or a bug, logged)
+        results = [exc] * len(group)
+    return [
         (number, stored(built, result, submission))
-        for (number, submission, built), result in zip(waiting, results, strict=True)
-    )
-    waiting.clear()
+        for (number, submission, built), result in zip(group, results, strict=True)
+    ]
 
 
 def main() -> int:

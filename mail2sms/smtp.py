@@ -44,7 +44,7 @@ from mail2sms.errors import (
 )
 from mail2sms.limits import Destinations, Quota
 from mail2sms.log import get_logger
-from mail2sms.mail_address import ascii_domain, plain_address
+from mail2sms.mail_address import ascii_domain, plain_address, simple_path
 from mail2sms.mail_parse import Cleanup, header_block, parse_mail
 from mail2sms.metrics import Metrics
 from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget, SmsLength
@@ -170,6 +170,16 @@ class GatewaySMTP(SMTP):
 
     def _create_session(self) -> Session:
         return _GatewaySession(self.loop)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The path as aiosmtpd parses it, without that cost for a plain ``<local@host>``."""
+        simple = simple_path(arg)
+        if simple is None:
+            return super()._getaddr(arg)
+        local_part = simple[0].rpartition("@")[0]
+        if self.local_part_limit and len(local_part) > self.local_part_limit:
+            return None, None
+        return simple
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit the client within the connection caps and register the session.

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
 import pytest
 from conftest import ALLOWED, GATEWAY, poll, read_outbox
 from test_smtp import make_mail, transaction
 
-from mail2sms.reader_process import SpillReader
+from mail2sms.reader_process import SpillReader, _commit
+from mail2sms.smtp import Built, Client, Policy, Submission, read_submission
 
 pytestmark = pytest.mark.anyio
 
@@ -112,3 +114,32 @@ async def test_stopping_the_daemon_ends_the_process(make_settings, start_app):
         await app.stop()
     assert process.gone.is_set()
     assert not alive(process.pid)
+
+
+class _BrokenQueue:
+    def enqueue_group(self, items):
+        del items
+        raise RuntimeError("a bug in the commit")
+
+
+def test_a_commit_that_fails_answers_451_for_the_whole_group(make_settings):
+    """Nothing of a failed group is stored, so each of its clients is told to send again."""
+    policy = Policy.from_settings(make_settings())
+    submissions = [
+        Submission(
+            raw=make_mail(),
+            mail_from=ALLOWED,
+            rcpt_tos=(GATEWAY,),
+            client=Client(ip="127.0.0.1"),
+            sender=ALLOWED,
+            peer=f"127.0.0.1:{port}",
+            received_at=time.time(),
+        )
+        for port in (1001, 1002)
+    ]
+    built = [read_submission(s, policy) for s in submissions]
+    assert all(isinstance(b, Built) for b in built)
+    group = [(n, s, b) for n, (s, b) in enumerate(zip(submissions, built, strict=True))]
+    outcomes = _commit(_BrokenQueue(), group)  # type: ignore[arg-type]
+    assert [n for n, _ in outcomes] == [0, 1]
+    assert all(outcome.reply.startswith("451") for _, outcome in outcomes)
