@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from mail2sms.config import DeliveryConfig
@@ -196,19 +196,47 @@ class Delivery(QueueLoop):
         duration = self.clock() - started
         if self.metrics is not None:
             self.metrics.latency.labels(provider=self.provider.name).observe(duration)
+        by_number = {r.recipient: r for r in results}
+        recorded = await self._record_sent(parts, by_number)
         for job, numbers in parts:
             try:
-                await self._record(job, numbers, results, duration)
+                await self._record(job, numbers, by_number, duration, sent_recorded=recorded)
             except QueueError as exc:  # the others' results must still be recorded
                 log.error(  # noqa: TRY400  expected; the lease brings this one back
                     "queue_error", loop="delivery", queue_id=job.queue_id, error=str(exc)
                 )
 
+    async def _record_sent(
+        self,
+        parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]],
+        by_number: Mapping[str, RecipientResult],
+    ) -> bool:
+        """Record every message's sent numbers in one transaction; False if that failed.
+
+        Then each message is recorded alone (``_record``), so that one that cannot be
+        does not hold back the others.
+        """
+        sent = []
+        for job, numbers in parts:
+            taken = _with_outcome(numbers, by_number, Outcome.SENT)
+            if taken:
+                refs = {n: by_number[n].provider_ref for n in taken}
+                sent.append((job.queue_id, taken, refs))
+        if not sent:
+            return True
+        try:
+            await self.queue.mark_sent_many(sent, now=self.clock())
+        except QueueError:
+            return False
+        return True
+
     async def _renew(self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]]) -> None:
         """Extend the leases before a request, and say which numbers may get it twice."""
+        until = self.clock() + self.lease
+        await self.queue.renew_leases(
+            [(job.queue_id, job.recipients) for job, _ in parts], until=until
+        )
         for job, numbers in parts:
-            until = self.clock() + self.lease
-            await self.queue.renew_lease(job.queue_id, job.recipients, until=until)
             maybe_sent = [n for n in numbers if n in job.possible_duplicates]
             if maybe_sent:
                 log.warning(
@@ -268,24 +296,24 @@ class Delivery(QueueLoop):
         self,
         job: ClaimedJob,
         numbers: tuple[str, ...],
-        results: Sequence[RecipientResult],
+        by_number: Mapping[str, RecipientResult],
         duration: float,
+        *,
+        sent_recorded: bool,
     ) -> None:
-        by_number = {r.recipient: r for r in results}
-        sent = [n for n in numbers if n in by_number and by_number[n].outcome is Outcome.SENT]
-        failed = [
-            n for n in numbers if n in by_number and by_number[n].outcome is Outcome.PERMANENT
-        ]
-        held = [n for n in numbers if n in by_number and by_number[n].outcome is Outcome.HELD]
+        sent = _with_outcome(numbers, by_number, Outcome.SENT)
+        failed = _with_outcome(numbers, by_number, Outcome.PERMANENT)
+        held = _with_outcome(numbers, by_number, Outcome.HELD)
         retry = [n for n in numbers if n not in sent and n not in failed and n not in held]
         self._count("sent", len(sent))
         if sent:
-            await self.queue.mark_sent(
-                job.queue_id,
-                sent,
-                now=self.clock(),
-                provider_refs={n: by_number[n].provider_ref for n in sent},
-            )
+            if not sent_recorded:
+                await self.queue.mark_sent(
+                    job.queue_id,
+                    sent,
+                    now=self.clock(),
+                    provider_refs={n: by_number[n].provider_ref for n in sent},
+                )
             log.info(
                 "sms_sent",
                 queue_id=job.queue_id,
@@ -369,3 +397,10 @@ class Delivery(QueueLoop):
             sender=job.envelope_from,
             error=error,
         )
+
+
+def _with_outcome(
+    numbers: Sequence[str], by_number: Mapping[str, RecipientResult], outcome: Outcome
+) -> list[str]:
+    """The numbers whose result in ``by_number`` has this outcome (in their order)."""
+    return [n for n in numbers if n in by_number and by_number[n].outcome is outcome]

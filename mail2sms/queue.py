@@ -835,22 +835,37 @@ class Queue:
         provider_refs: Mapping[str, str | None] | None = None,
     ) -> None:
         """Record that the provider took these recipients; rows not inflight are left alone."""
-        refs = provider_refs or {}
+        self.mark_sent_many([(queue_id, recipients, provider_refs or {})], now=now)
+
+    def mark_sent_many(
+        self, sent: Sequence[tuple[str, Sequence[str], Mapping[str, str | None]]], *, now: float
+    ) -> None:
+        """``mark_sent`` for several messages (queue id, numbers, provider refs) at once.
+
+        One request may carry a hundred messages with the same text: recording them in one
+        transaction is one fsync and one turn of the write lock, which the reader of new
+        mail would otherwise wait for a hundred times.
+        """
         with self._write() as conn:
-            conn.executemany(
-                "UPDATE recipients SET state = 'sent', lease_until = NULL, provider_ref = ?,"
-                " updated_at = ? WHERE queue_id = ? AND number = ? AND state = 'inflight'",
-                [(refs.get(number), now, queue_id, number) for number in recipients],
-            )
-            _finish(conn, queue_id, now)
+            for queue_id, recipients, refs in sent:
+                conn.executemany(
+                    "UPDATE recipients SET state = 'sent', lease_until = NULL, provider_ref = ?,"
+                    " updated_at = ? WHERE queue_id = ? AND number = ? AND state = 'inflight'",
+                    [(refs.get(number), now, queue_id, number) for number in recipients],
+                )
+                _finish(conn, queue_id, now)
 
     def renew_lease(self, queue_id: str, recipients: Sequence[str], *, until: float) -> None:
         """Keep in-flight recipients leased while a long message is still being worked on."""
+        self.renew_leases([(queue_id, recipients)], until=until)
+
+    def renew_leases(self, leases: Sequence[tuple[str, Sequence[str]]], *, until: float) -> None:
+        """``renew_lease`` for several messages (queue id, numbers) in one transaction."""
         with self._write() as conn:
             conn.executemany(
                 "UPDATE recipients SET lease_until = MAX(lease_until, ?)"
                 " WHERE queue_id = ? AND number = ? AND state = 'inflight'",
-                [(until, queue_id, number) for number in recipients],
+                [(until, queue_id, number) for queue_id, numbers in leases for number in numbers],
             )
 
     def mark_retry(
@@ -1212,9 +1227,21 @@ class AsyncQueue:
             self._queue.mark_sent, queue_id, recipients, now=now, provider_refs=provider_refs
         )
 
+    async def mark_sent_many(
+        self, sent: Sequence[tuple[str, Sequence[str], Mapping[str, str | None]]], *, now: float
+    ) -> None:
+        """See ``Queue.mark_sent_many``."""
+        await self._run(self._queue.mark_sent_many, sent, now=now)
+
     async def renew_lease(self, queue_id: str, recipients: Sequence[str], *, until: float) -> None:
         """See ``Queue.renew_lease``."""
         await self._run(self._queue.renew_lease, queue_id, recipients, until=until)
+
+    async def renew_leases(
+        self, leases: Sequence[tuple[str, Sequence[str]]], *, until: float
+    ) -> None:
+        """See ``Queue.renew_leases``."""
+        await self._run(self._queue.renew_leases, leases, until=until)
 
     async def mark_retry(
         self, queue_id: str, recipients: Sequence[str], *, now: float, at: float, error: str

@@ -113,6 +113,11 @@ async def test_a_queue_error_recording_one_message_still_records_the_others(
                 raise QueueUnavailableError("database is locked")
             await real_mark_sent(queue_id, *args, **kwargs)  # type: ignore[arg-type]
 
+        async def locked(*args: object, **kwargs: object) -> None:
+            raise QueueUnavailableError("database is locked")
+
+        # the request's one transaction fails; then each message is recorded alone
+        monkeypatch.setattr(queue, "mark_sent_many", locked)
         monkeypatch.setattr(queue, "mark_sent", locked_for_the_first)
         async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
             provider = DataFlowsProvider(
@@ -150,3 +155,25 @@ async def test_close_survives_a_cancelled_commit_task(tmp_path: Path):
     await queue.close()
     assert queue._closed
     pending.cancel()
+
+
+async def test_a_combined_request_is_recorded_in_a_few_transactions(tmp_path: Path):
+    """Not two per message: each write transaction is an fsync the mail reader waits behind."""
+    queue = await AsyncQueue.open(tmp_path / "queue.sqlite3")
+    requests: list[list[str]] = []
+    try:
+        ids = [
+            await queue.enqueue(message(f"m{i}@example.com", f"+6141111111{i}")) for i in range(8)
+        ]
+        before = queue._queue.commits
+        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
+            provider = DataFlowsProvider(
+                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
+            )
+            await deliver_once(queue, provider)
+        assert len(requests) == 1
+        for queue_id in ids:
+            assert set((await states(queue, queue_id)).values()) == {RecipientState.SENT}
+        assert queue._queue.commits - before <= 4  # claim, claim alike, lease, sent
+    finally:
+        await queue.close()
