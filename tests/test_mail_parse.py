@@ -1019,3 +1019,20 @@ def test_html_to_text_is_fast_on_unterminated_tags() -> None:
 )
 def test_header_block(raw: bytes, block: str) -> None:
     assert header_block(raw) == block
+
+
+_BANNER_WORDS = st.sampled_from(
+    [
+        "This", "message", "e-mail", "came", "from", "OUTSIDE", "out\u017fide", "of", "the",
+        "organisation", "Organization", "company", "External", "SENDER", "\u017fender", "click",
+        "links", "attachments", "originated", "caution", ".", ":", "[EXT]",
+    ]
+)  # fmt: skip
+
+
+@given(st.lists(_BANNER_WORDS, max_size=14).map(" ".join))
+@settings(max_examples=3000, deadline=None)
+def test_the_banner_hint_is_in_every_banner(line):
+    """The one search that lets a line skip the four banner patterns never skips a banner."""
+    if any(banner.search(line) for banner in mail_parse._BANNERS):
+        assert mail_parse._BANNER_HINT.search(line)
