@@ -91,8 +91,11 @@ class App:
         try:
             self.queue = await AsyncQueue.open(settings.queue.path)
             recovered = await self.queue.recover(time.time())
-        finally:
-            self.client = await making_client  # kept even on failure, for stop() to close
+        except BaseException:
+            with contextlib.suppress(Exception):  # the queue's error is the one to report
+                self.client = await making_client  # for stop() to close
+            raise
+        self.client = await making_client
         if recovered:
             log.warning(
                 "recovered_in_flight",

@@ -7,9 +7,11 @@ administrator asks to see them), because logs are shipped and kept far longer th
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -59,6 +61,31 @@ class _Redactor:
         return event
 
 
+class _StreamLogger:
+    """Writes each rendered event as one line, under the handler's lock; never raises.
+
+    As ``logging.Handler`` does, a line that cannot be written (a closed pipe, a full disk)
+    is dropped: the work that logged it must go on (delivery would otherwise leave SMS it
+    sent unrecorded, and send them again). One lock with the stdlib handler keeps lines
+    from other libraries whole beside ours.
+    """
+
+    def __init__(self, stream: TextIO, lock: threading.RLock) -> None:
+        self._stream = stream
+        self._lock = lock
+
+    def msg(self, message: str) -> None:
+        """Write one line and flush it (journald, a pipe: seen at once)."""
+        with self._lock:
+            try:
+                self._stream.write(message + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                pass
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
 def configure(
     *,
     json_lines: bool | None = None,
@@ -88,6 +115,8 @@ def configure(
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    lock = threading.RLock()
+    handler.lock = lock  # the handler's own, shared with ``_StreamLogger``
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -98,10 +127,14 @@ def configure(
     # line) and go straight to the stream; other libraries' go through ``handler``.
     structlog.configure(
         processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=functools.partial(_one_logger, _StreamLogger(out, lock)),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=False,
     )
+
+
+def _one_logger(logger: _StreamLogger, *_args: object) -> _StreamLogger:
+    return logger
 
 
 def get_logger(name: str) -> Any:  # noqa: ANN401  structlog's bound logger is dynamically typed

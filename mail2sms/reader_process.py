@@ -169,7 +169,7 @@ class ReaderProcess:
 
         A process that has said nothing for as long as reading one message and one commit
         may take, while work waits, is stuck: it is stopped (``reader_process_stuck``) and
-        its clients get 451. A busy one that answers batch after batch is waited for.
+        its clients get 451. A busy one that keeps answering is waited for.
         """
         writer = self._writer
         if not self.ready or self.closing or writer is None:
@@ -456,7 +456,7 @@ class _Committer:
     While one group commits (one transaction, one fsync; SQLite runs without the GIL) the
     next messages are read, and each group is answered as soon as it is durable. Reading
     and committing by turns instead kept every client in step: all of them waited for the
-    whole batch, then all sent at once, and each side idled while the other worked.
+    whole batch, then all sent again at once, and each side idled while the other worked.
     """
 
     def __init__(self, path: Path, send: Callable[[list[tuple[int, Outcome]]], None]) -> None:
@@ -491,6 +491,9 @@ class _Committer:
         self._thread.join()
 
     def _run(self) -> None:
+        # The reading thread's parse time limit (SIGALRM) is not for this one: it would
+        # only interrupt a wait in SQLite.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         try:
             queue = Queue(self._path)
         except BaseException as exc:  # noqa: BLE001  handed to open() in the reading thread
@@ -507,7 +510,15 @@ class _Committer:
                         return
                     group = self._waiting[:MAX_GROUP]
                     del self._waiting[:MAX_GROUP]
-                self._send(_commit(queue, group))
+                try:
+                    answers = _commit(queue, group)
+                except Exception:  # a bug after the commit: they send again (duplicates caught)
+                    log.exception("reader_process_commit_failed")
+                    answers = [(number, Outcome(TEMPORARY_ERROR)) for number, _, _ in group]
+                try:
+                    self._send(answers)
+                except OSError:
+                    return  # the daemon is gone: nobody is waiting for answers
 
 
 def _serve(sock: socket.socket) -> None:

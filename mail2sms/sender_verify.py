@@ -365,7 +365,15 @@ class SenderVerifier:
 
     @classmethod
     def from_config(cls, senders: SendersConfig, resolver: Resolver | None = None) -> Self:
-        """The verifier for ``[senders]``; ``resolver`` replaces DNS (tests)."""
+        """The verifier for ``[senders]``; ``resolver`` replaces DNS (tests).
+
+        The DNS, DKIM and SPF libraries are imported here, at start-up or reload, not in
+        the first message's read (whose time limit could interrupt an import).
+        """
+        import dkim.util  # noqa: PLC0415, F401  # see the note at the top
+        import dns.resolver  # noqa: PLC0415, F401
+
+        _spf_query_type()
         return cls(
             resolver=resolver or DnsResolver(senders.dns_servers),
             trusted_authserv_ids=frozenset(senders.trusted_authserv_ids),

@@ -86,6 +86,8 @@ def _aiosmtpd_path(arg: str) -> tuple[str | None, str | None]:
         ("<a@example.com>SIZE=1", ("a@example.com", "SIZE=1")),
         ("<a@example.com> (comment) SIZE=1", None),
         ("<>", None),  # the null sender: aiosmtpd's own parse
+        ("<=?utf-8?q?abc?=@example.com>", None),  # an encoded word: the parser decodes it
+        ("<a=?b?=@example.com>", ("a=?b?=@example.com", "")),
         ('<"quoted local"@example.com>', None),
         ("<alarm@[192.0.2.7]>", None),
         ("(comment)<a@example.com>", None),
@@ -102,10 +104,13 @@ def test_simple_path(arg, expected):
         assert _aiosmtpd_path(arg) == expected
 
 
-_PATH_CHARS = "aZ09.-_+'@<> \t\n\x0b()\"[]:;,\\!é"
+_PATH_CHARS = "aZ09.-_+'=?@<> \t\n\x0b()\"[]:;,\\!é"
 
 
-@given(st.text(alphabet=_PATH_CHARS, max_size=30))
+@given(
+    st.text(alphabet=_PATH_CHARS, max_size=30)
+    | st.from_regex(r"\A<=\?utf-8\?[qb]\?[a-zA-Z0-9=]{0,8}\?=@ex\.com>\Z")
+)
 @settings(max_examples=2000, deadline=None)
 def test_simple_path_agrees_with_aiosmtpd(arg):
     """Whatever the fast parse takes, it reads exactly as aiosmtpd does."""
