@@ -802,11 +802,25 @@ def _strip_top_banners(text: str) -> str:
         if _FIRST_CONTACT_TIP.match(lines[first]):
             start = first + 1
             continue
-        end = _banner_end(lines, first)
+        end = _banner_end(lines, first) if tag else None  # else the same lines as above
         if end is None:
             break
         start = end
     return _unless_empty(text, lines[start:])
+
+
+def _may_hold_banner(lines: list[str], first: int) -> bool:
+    """Whether a banner phrase can be in what ``_banner_end`` searches from ``first``.
+
+    Each text it searches is part of this one, joined the same way, and every phrase holds
+    ``_BANNER_HINT``: one search here instead of four patterns on every line.
+    """
+    text = ""
+    for line in lines[first : first + _BANNER_MAX_LINES]:
+        if not line.strip() or len(line) > _BANNER_LINE_MAX:
+            break
+        text = (text + " " + line).strip() if text else line
+    return _BANNER_HINT.search(text) is not None
 
 
 def _banner_end(lines: list[str], first: int) -> int | None:
@@ -816,6 +830,8 @@ def _banner_end(lines: list[str], first: int) -> int | None:
     (then the banner ends with them). Past the phrase, a line that does not end a sentence
     continues onto the next only if that line ends one and talks like a banner.
     """
+    if not _may_hold_banner(lines, first):
+        return None
     joined = ""
     end = first
     found = False
@@ -830,11 +846,7 @@ def _banner_end(lines: list[str], first: int) -> int | None:
             if not (line.endswith(_SENTENCE_END) and _BANNER_CONTINUATION.search(line)):
                 break
         else:
-            match = (
-                next((m for b in _BANNERS if (m := b.search(following))), None)
-                if _BANNER_HINT.search(following)
-                else None
-            )
+            match = next((m for b in _BANNERS if (m := b.search(following))), None)
             if match is not None:
                 if match.start() >= len(lines[first]):
                     return None  # the phrase is in a later line: the first one is text

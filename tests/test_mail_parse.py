@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mail2sms import mail_parse
@@ -1036,3 +1036,22 @@ def test_the_banner_hint_is_in_every_banner(line):
     """The one search that lets a line skip the four banner patterns never skips a banner."""
     if any(banner.search(line) for banner in mail_parse._BANNERS):
         assert mail_parse._BANNER_HINT.search(line)
+
+
+_BANNER_LINES = st.lists(
+    st.lists(_BANNER_WORDS | st.sampled_from(["", " ", "  ", "\t", "Hi Bob,", "x" * 30])).map(
+        " ".join
+    ),
+    max_size=8,
+).map("\n".join)
+
+
+@given(_BANNER_LINES)
+@example("links\nExternal \nsender.\nHi Bob")  # the lines are joined as _banner_end joins them
+@settings(max_examples=3000, deadline=None)
+def test_the_banner_hint_changes_no_result(text):
+    """Stripping banners with the one-search shortcut gives what the four patterns give."""
+    fast = mail_parse._strip_top_banners(text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mail_parse, "_BANNER_HINT", re.compile(""))  # matches everything
+        assert mail_parse._strip_top_banners(text) == fast
