@@ -6,6 +6,7 @@ A real SMTP client talks to the daemon, which hands each message to a real reade
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -15,8 +16,9 @@ import pytest
 from conftest import ALLOWED, GATEWAY, poll, read_outbox
 from test_smtp import make_mail, transaction
 
+from mail2sms import reader_process
 from mail2sms.reader_process import SpillReader, _commit
-from mail2sms.smtp import Built, Client, Policy, Submission, read_submission
+from mail2sms.smtp import Built, Client, Outcome, Policy, Submission, read_submission
 
 pytestmark = pytest.mark.anyio
 
@@ -143,3 +145,34 @@ def test_a_commit_that_fails_answers_451_for_the_whole_group(make_settings):
     outcomes = _commit(_BrokenQueue(), group)  # type: ignore[arg-type]
     assert [n for n, _ in outcomes] == [0, 1]
     assert all(outcome.reply.startswith("451") for _, outcome in outcomes)
+
+
+def test_a_read_in_the_process_stops_at_the_time_limit(make_settings, monkeypatch):
+    """There the read itself is interrupted (SIGALRM): a 554, and the reader goes on."""
+    policy = dataclasses.replace(Policy.from_settings(make_settings()), parse_timeout=0.05)
+    submission = Submission(
+        raw=make_mail(),
+        mail_from=ALLOWED,
+        rcpt_tos=(GATEWAY,),
+        client=Client(ip="127.0.0.1"),
+        sender=ALLOWED,
+        peer="127.0.0.1:1001",
+        received_at=time.time(),
+    )
+
+    def endless_read(_submission: Submission, _policy: Policy) -> Built:
+        time.sleep(30)  # a read that would not end in time
+        raise AssertionError
+
+    monkeypatch.setattr(reader_process, "read_submission", endless_read)
+    previous = signal.signal(signal.SIGALRM, reader_process._on_alarm)
+    try:
+        started = time.monotonic()
+        outcome = reader_process._read_within(submission, policy)
+        took = time.monotonic() - started
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert isinstance(outcome, Outcome)
+    assert outcome.reply.startswith("554")
+    assert took < 5
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left armed
