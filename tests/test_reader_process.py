@@ -118,6 +118,19 @@ async def test_stopping_the_daemon_ends_the_process(make_settings, start_app):
     assert not alive(process.pid)
 
 
+def submission_from(port: int) -> Submission:
+    """A test mail at the end of DATA, as the daemon hands it to a reader."""
+    return Submission(
+        raw=make_mail(),
+        mail_from=ALLOWED,
+        rcpt_tos=(GATEWAY,),
+        client=Client(ip="127.0.0.1"),
+        sender=ALLOWED,
+        peer=f"127.0.0.1:{port}",
+        received_at=time.time(),
+    )
+
+
 class _BrokenQueue:
     def enqueue_group(self, items):
         del items
@@ -127,18 +140,7 @@ class _BrokenQueue:
 def test_a_commit_that_fails_answers_451_for_the_whole_group(make_settings):
     """Nothing of a failed group is stored, so each of its clients is told to send again."""
     policy = Policy.from_settings(make_settings())
-    submissions = [
-        Submission(
-            raw=make_mail(),
-            mail_from=ALLOWED,
-            rcpt_tos=(GATEWAY,),
-            client=Client(ip="127.0.0.1"),
-            sender=ALLOWED,
-            peer=f"127.0.0.1:{port}",
-            received_at=time.time(),
-        )
-        for port in (1001, 1002)
-    ]
+    submissions = [submission_from(port) for port in (1001, 1002)]
     built = [read_submission(s, policy) for s in submissions]
     assert all(isinstance(b, Built) for b in built)
     group = [(n, s, b) for n, (s, b) in enumerate(zip(submissions, built, strict=True))]
@@ -150,15 +152,7 @@ def test_a_commit_that_fails_answers_451_for_the_whole_group(make_settings):
 def test_a_read_in_the_process_stops_at_the_time_limit(make_settings, monkeypatch):
     """There the read itself is interrupted (SIGALRM): a 554, and the reader goes on."""
     policy = dataclasses.replace(Policy.from_settings(make_settings()), parse_timeout=0.05)
-    submission = Submission(
-        raw=make_mail(),
-        mail_from=ALLOWED,
-        rcpt_tos=(GATEWAY,),
-        client=Client(ip="127.0.0.1"),
-        sender=ALLOWED,
-        peer="127.0.0.1:1001",
-        received_at=time.time(),
-    )
+    submission = submission_from(1001)
 
     def endless_read(_submission: Submission, _policy: Policy) -> Built:
         time.sleep(30)  # a read that would not end in time
