@@ -401,13 +401,9 @@ class _Frames:
         while (frame := self._take()) is None:
             data = self._sock.recv(1 << 16)
             if not data:
-                self.ended = True
-                return None
+                return None  # the daemon closed its end
             self._buffer += data
         return frame
-
-    ended = False
-    """The daemon closed its end."""
 
     def _take(self) -> tuple[str, int, object] | None:
         if len(self._buffer) < _HEADER.size:
@@ -532,7 +528,7 @@ def _serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     # The commit thread gives up the GIL at every SQLite step and must get it back after;
     # at the default 5 ms a busy reading thread keeps it that long each time, and a group
-    # commit of ten took 0.67 s beside a busy thread instead of 2 ms (bench/gil_convoy.py).
+    # commit of ten took 0.7-0.9 s beside a busy thread instead of 2.6 ms (bench/gil_convoy.py).
     sys.setswitchinterval(SWITCH_INTERVAL)
     sock.settimeout(None)
     frames = _Frames(sock)
