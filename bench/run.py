@@ -258,6 +258,19 @@ def best(runs: list[dict[str, float]]) -> dict[str, float]:
     return max(runs, key=lambda r: r["rate"])
 
 
+def alarm_storm(port: int, args: argparse.Namespace, text: str) -> dict[str, float]:
+    """One text to a different number per message (Python load), so each SMS can be counted."""
+    return load_python(
+        port,
+        sessions=args.sessions,
+        messages=args.messages,
+        size=args.size,
+        distinct_numbers=True,
+        same_text=True,
+        text=text,
+    )
+
+
 def ready_time(workdir: Path, provider_url: str, reader: str) -> float:
     """Seconds from exec to READY of a fresh ``mail2sms serve`` (stopped again)."""
     workdir.mkdir()
@@ -335,15 +348,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
         start_report = json.loads(fake.ask("report"))
         before_requests, before_fake_sent = start_report["requests"], start_report["sent"]
         started = time.perf_counter()
-        e2e_load = load_python(
-            app.port,
-            sessions=args.sessions,
-            messages=args.messages,
-            size=args.size,
-            distinct_numbers=True,
-            same_text=True,
-            text="Alarm storm: site 7 down",
-        )
+        e2e_load = alarm_storm(app.port, args, "Alarm storm: site 7 down")
         done = app.wait_sent(before + args.messages, 600)
         e2e = (done - started) if done else float("inf")
         report = json.loads(fake.ask("report"))
@@ -421,15 +426,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
         app.workdir.mkdir()
         app.start()
         started = time.perf_counter()
-        slow_load = load_python(
-            app.port,
-            sessions=args.sessions,
-            messages=args.messages,
-            size=args.size,
-            distinct_numbers=True,
-            same_text=True,
-            text="Alarm storm: site 9 down",
-        )
+        slow_load = alarm_storm(app.port, args, "Alarm storm: site 9 down")
         accepted_at = started + slow_load["elapsed"]
         done = app.wait_sent(args.messages, 600)
         delivery = args.messages / (done - started) if done else 0.0
