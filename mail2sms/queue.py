@@ -525,14 +525,26 @@ class Queue:
     each other before giving up with ``QueueUnavailableError``.
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, any_thread: bool = False
+    ) -> None:
+        """Open (and create or migrate) the queue file.
+
+        ``any_thread``: the connection may be used from several threads, one at a time (the
+        caller keeps them apart), as the reader process stages on one and commits on another.
+        """
         self.path = Path(path)
         self.commits = 0
         """Write transactions committed (each one fsync): the benchmark and tests read it."""
         with self._guard("cannot be opened"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             created = not self.path.exists()
-            self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            self._conn = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=not any_thread,
+            )
         try:
             with self._guard("cannot be opened"):
                 self._setup()
@@ -621,10 +633,14 @@ class Queue:
             if write:
                 self.commits += 1
         except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        """End a failed transaction, if SQLite has not already rolled it back itself."""
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -672,25 +688,55 @@ class Queue:
         its slot in the result holds the exception; the others keep their ids. Nothing is
         durable before the COMMIT, so if that fails this raises and no caller may say 250.
         """
+        results = self._stage_group(items)
+        self._commit_staged()
+        return results
+
+    def _stage_group(
+        self, items: Sequence[tuple[NewMessage, float | None, Quota | None]]
+    ) -> list[tuple[str, bool] | Exception]:
+        """``enqueue_group`` up to its COMMIT (see ``StagedGroup``).
+
+        Raises, rolled back, if SQLite gives up the whole transaction.
+        """
+        conn = self._conn
         results: list[tuple[str, bool] | Exception] = []
-        with self._write() as conn:
+        with self._guard():
+            conn.execute("BEGIN IMMEDIATE")
+        try:
             for message, since, quota in items:
                 try:
                     _check_recipients(message)
                 except ValueError as exc:
                     results.append(exc)
                     continue
-                conn.execute("SAVEPOINT enqueue")
+                with self._guard():
+                    conn.execute("SAVEPOINT enqueue")
                 try:
                     with self._guard():
                         results.append(self._enqueue_in(conn, message, since, quota))
                 except Exception as exc:
                     if not conn.in_transaction:
                         raise  # SQLite gave up the whole transaction: none of it is stored
-                    conn.execute("ROLLBACK TO enqueue")
+                    with self._guard():
+                        conn.execute("ROLLBACK TO enqueue")
                     results.append(exc)
-                conn.execute("RELEASE enqueue")
+                with self._guard():
+                    conn.execute("RELEASE enqueue")
+        except BaseException:
+            self._rollback()
+            raise
         return results
+
+    def _commit_staged(self) -> None:
+        """Commit what ``_stage_group`` staged: one fsync; rolled back and raised if it fails."""
+        try:
+            with self._guard():
+                self._conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self.commits += 1
 
     def _enqueue_in(
         self,
@@ -1080,6 +1126,27 @@ class _Enqueue:
 
 
 MAX_GROUP = 256  # messages per group commit: bounds one transaction's time and size
+
+
+class StagedGroup:
+    """``Queue.enqueue_group`` split at its COMMIT, for a caller that commits on another thread.
+
+    Made, the group's messages are written in an open transaction and ``results`` says
+    what became of each; nothing is durable, and no caller may say 250, before ``commit``
+    returned. Between the two the queue must not be used for anything else. The reader
+    process stages on its reading thread and commits (the fsync, which runs without the
+    GIL) on another while the next messages are read (``Queue(any_thread=True)``).
+    """
+
+    def __init__(
+        self, queue: Queue, items: Sequence[tuple[NewMessage, float | None, Quota | None]]
+    ) -> None:
+        self._queue = queue
+        self.results = queue._stage_group(items)  # noqa: SLF001  this module's own class
+
+    def commit(self) -> None:
+        """One COMMIT, one fsync; rolled back and raised (``QueueUnavailableError``) if not."""
+        self._queue._commit_staged()  # noqa: SLF001
 
 
 class AsyncQueue:

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import selectors
 import signal
 import socket
 import struct
@@ -30,13 +31,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from queue import Empty, SimpleQueue
 from typing import Literal
 
 from mail2sms.config import Settings
 from mail2sms.log import get_logger
-from mail2sms.queue import DEFAULT_BUSY_TIMEOUT, MAX_GROUP, Queue
+from mail2sms.queue import DEFAULT_BUSY_TIMEOUT, Queue, StagedGroup
 from mail2sms.smtp import (
     PARSE_TOO_SLOW,
     TEMPORARY_ERROR,
@@ -45,6 +47,7 @@ from mail2sms.smtp import (
     Outcome,
     Policy,
     Submission,
+    judged,
     read_submission,
     refused_outcome,
     stored,
@@ -390,22 +393,32 @@ def reader_for(local: LocalReader, settings: Settings) -> LocalReader | SpillRea
 
 
 class _Frames:
-    """Frames off a blocking socket, one at a time."""
+    """Frames off the daemon's socket: those already here, and more when it is readable."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+        self.sock = sock
+        self.open = True
+        """False once the daemon closed its end: what is here is all there is."""
         self._buffer = bytearray()
 
     def next(self) -> tuple[str, int, object] | None:
         """The next frame, waiting for it; None at the end."""
-        while (frame := self._take()) is None:
-            data = self._sock.recv(1 << 16)
-            if not data:
-                return None  # the daemon closed its end
-            self._buffer += data
+        while (frame := self.take()) is None:
+            if not self.open:
+                return None
+            self.fill()
         return frame
 
-    def _take(self) -> tuple[str, int, object] | None:
+    def fill(self) -> None:
+        """Receive what the socket has (waiting until it has something)."""
+        data = self.sock.recv(1 << 16)
+        if data:
+            self._buffer += data
+        else:
+            self.open = False
+
+    def take(self) -> tuple[str, int, object] | None:
+        """A whole frame that is here already, or None."""
         if len(self._buffer) < _HEADER.size:
             return None
         (size,) = _HEADER.unpack_from(self._buffer)
@@ -446,139 +459,228 @@ def _read_within(submission: Submission, policy: Policy) -> Built | Outcome:
         return refused_outcome("DATA", reply, submission.peer)
 
 
-class _Committer:
-    """Commits what the reading thread has built, a group at a time, on a thread of its own.
+Read = tuple[int, Submission, Built]
+"""A message read and checked, waiting for its group: (frame number, submission, built)."""
 
-    While one group commits (one transaction, one fsync; SQLite runs without the GIL) the
-    next messages are read, and each group is answered as soon as it is durable. Reading
-    and committing by turns instead kept every client in step: all of them waited for the
-    whole batch, then all sent again at once, and each side idled while the other worked.
+
+@dataclass
+class _Group:
+    """A staged group on its way to disk, and the answers to send once it is there."""
+
+    members: list[Read]
+    answers: bytes
+    """Every member's answer, framed."""
+    notes: list[Callable[[], object]]
+    """Every member's log line, written once the commit returned."""
+    commit: Callable[[], None]
+    failed: bool = False
+
+
+def _stage(queue: Queue, reads: list[Read]) -> _Group | bytes:
+    """Write a group in one open transaction.
+
+    The group, to commit; or, if SQLite gave up the transaction, every member's answer
+    (451, logged) to send at once.
+    """
+    items = [(built.message, built.since, built.quota) for _, _, built in reads]
+    try:
+        staged = StagedGroup(queue, items)
+    except Exception as exc:  # noqa: BLE001  none is stored: 451 via stored() (QueueError or a bug, logged)
+        return _answers((n, stored(built, exc, sub)) for n, sub, built in reads)
+    judgements = [
+        judged(built, result, submission)
+        for (_, submission, built), result in zip(reads, staged.results, strict=True)
+    ]
+    return _Group(
+        reads,
+        _answers((n, outcome) for (n, _, _), (outcome, _) in zip(reads, judgements, strict=True)),
+        [note for _, note in judgements],
+        staged.commit,
+    )
+
+
+def _answers(outcomes: Iterable[tuple[int, Outcome]]) -> bytes:
+    return b"".join(_frame(("done", number, outcome)) for number, outcome in outcomes)
+
+
+def _commit(group: _Group) -> bytes:
+    """Commit a staged group; its members' answers (451 for all if the commit failed)."""
+    try:
+        group.commit()
+    except Exception as exc:  # noqa: BLE001  none is stored: 451 via stored() (QueueError or a bug, logged)
+        group.failed = True
+        return _answers((n, stored(built, exc, sub)) for n, sub, built in group.members)
+    return group.answers
+
+
+class _Committer:
+    """Runs each group's COMMIT (its fsync) on a thread of its own, then answers the group.
+
+    The reading thread writes a group (one transaction) and hands over only the COMMIT,
+    which runs without the GIL, and reads the next messages meanwhile; it writes the next
+    group once this one is done (``wake`` turns readable). An earlier version ran the whole
+    enqueue on this thread, and every SQLite step then waited for the GIL from the busy
+    reading thread (a group of five took 5 ms); one before that read and committed by
+    turns, which kept every client in step.
     """
 
-    def __init__(self, path: Path, send: Callable[[list[tuple[int, Outcome]]], None]) -> None:
-        self._path = path
+    def __init__(self, send: Callable[[bytes], None]) -> None:
         self._send = send
-        self._changed = threading.Condition()
-        self._waiting: list[tuple[int, Submission, Built]] = []
-        self._closing = False
-        self._opened: BaseException | None = None
-        self._ready = threading.Event()
+        self._groups: SimpleQueue[_Group | None] = SimpleQueue()
+        self._done: SimpleQueue[_Group] = SimpleQueue()
+        self.busy = False
+        """A group is being committed: the queue is not to be used until it is done."""
+        self.wake, self._wake_w = socket.socketpair()
+        """Readable when a group is done (``finished``)."""
+        self.wake.setblocking(False)  # noqa: FBT003  the socket API
         self._thread = threading.Thread(target=self._run, name="reader-commit", daemon=True)
-
-    def open(self) -> None:
-        """Open the queue on the commit thread (sqlite3 connections stay on theirs)."""
         self._thread.start()
-        self._ready.wait()
-        if self._opened is not None:
-            self._thread.join()
-            raise self._opened
 
-    def add(self, number: int, submission: Submission, built: Built) -> None:
-        """Commit this message with the next group."""
-        with self._changed:
-            self._waiting.append((number, submission, built))
-            self._changed.notify()
+    def commit(self, group: _Group) -> None:
+        """Commit this group and answer its members; ``finished`` returns it after."""
+        self.busy = True
+        self._groups.put(group)
+
+    def finished(self) -> _Group | None:
+        """The group committed and answered since the last call, if any."""
+        with contextlib.suppress(BlockingIOError):
+            self.wake.recv(64)  # (a wake-up may come after its group was taken: drop it)
+        if not self.busy:
+            return None
+        try:
+            group = self._done.get_nowait()
+        except Empty:
+            return None
+        self.busy = False
+        return group
 
     def close(self) -> None:
-        """Commit and answer what waits, then end the thread."""
-        with self._changed:
-            self._closing = True
-            self._changed.notify()
+        """Finish the group in hand, then end the thread."""
+        self._groups.put(None)
         self._thread.join()
+        self.wake.close()
+        self._wake_w.close()
 
     def _run(self) -> None:
         # The reading thread's parse time limit (SIGALRM) is not for this one: it would
         # only interrupt a wait in SQLite.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-        try:
-            queue = Queue(self._path)
-        except BaseException as exc:  # noqa: BLE001  handed to open() in the reading thread
-            self._opened = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        with queue:
-            while True:
-                with self._changed:
-                    while not self._waiting and not self._closing:
-                        self._changed.wait()
-                    if not self._waiting:
-                        return
-                    group = self._waiting[:MAX_GROUP]
-                    del self._waiting[:MAX_GROUP]
-                try:
-                    answers = _commit(queue, group)
-                except Exception:  # a bug after the commit: they send again (duplicates caught)
-                    log.exception("reader_process_commit_failed")
-                    answers = [(number, Outcome(TEMPORARY_ERROR)) for number, _, _ in group]
-                try:
-                    self._send(answers)
-                except OSError:
-                    return  # the daemon is gone: nobody is waiting for answers
+        while (group := self._groups.get()) is not None:
+            try:
+                answers = _commit(group)
+            except Exception:  # a bug: they send again (one committed is caught as a duplicate)
+                log.exception("reader_process_commit_failed")
+                group.failed = True
+                answers = _answers((n, Outcome(TEMPORARY_ERROR)) for n, _, _ in group.members)
+            with contextlib.suppress(OSError):  # the daemon is gone: nobody waits for these
+                self._send(answers)
+            self._done.put(group)
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"!")
 
 
 def _serve(sock: socket.socket) -> None:
-    """Read and check each message as it comes; a second thread commits and answers them.
+    """Read and check each message as it comes, and commit them a group at a time.
 
     Reading stays on the main thread, where SIGALRM can stop a read at ``parse_timeout``.
-    A refusal is answered at once; what is built waits for the next group commit.
+    A refusal is answered at once; what is read waits for the next group, written as soon
+    as the last one is on disk (``_Committer``).
     """
-    from mail2sms import log as logging_setup  # noqa: PLC0415
-
     signal.signal(signal.SIGALRM, _on_alarm)
-    # The commit thread gives up the GIL at every SQLite step and must get it back after;
-    # at the default 5 ms a busy reading thread keeps it that long each time, and a group
-    # commit of ten took 0.7-0.9 s beside a busy thread instead of 2.6 ms (bench/gil_convoy.py).
+    # The commit thread needs the GIL to answer a group once its fsync returned; at the
+    # default 5 ms a busy reading thread would keep it that long (bench/gil_convoy.py).
     sys.setswitchinterval(SWITCH_INTERVAL)
     sock.settimeout(None)
     frames = _Frames(sock)
     first = frames.next()
     if first is None or not isinstance(first[2], Settings):
         return
-    settings = first[2]
-    logging_setup.configure(show_numbers=settings.log.show_numbers, level=settings.log.level)
-    policy = Policy.from_settings(settings)
+    policy = _apply(first[2])
     sending = threading.Lock()
 
-    def send(outcomes: list[tuple[int, Outcome]]) -> None:
-        data = b"".join(_frame(("done", number, outcome)) for number, outcome in outcomes)
+    def send(data: bytes) -> None:
         with sending:
             sock.sendall(data)
 
-    committer = _Committer(settings.queue.path, send)
-    committer.open()
-    try:
-        with sending:
-            sock.sendall(_frame(("ready", 0, None)))
-        while (frame := frames.next()) is not None:
-            kind, number, payload = frame
-            if kind == "settings" and isinstance(payload, Settings):
-                settings, policy = payload, Policy.from_settings(payload)
-                logging_setup.configure(
-                    show_numbers=settings.log.show_numbers, level=settings.log.level
-                )
-            elif kind == "read" and isinstance(payload, Submission):
-                built = _read_within(payload, policy)
-                if isinstance(built, Outcome):
-                    send([(number, built)])
-                else:
-                    committer.add(number, payload, built)
-    finally:
-        committer.close()
+    with Queue(first[2].queue.path, any_thread=True) as queue:
+        committer = _Committer(send)
+        try:
+            send(_frame(("ready", 0, None)))
+            _Reader(frames, queue, committer, policy, send).run()
+        finally:
+            committer.close()
 
 
-def _commit(queue: Queue, group: list[tuple[int, Submission, Built]]) -> list[tuple[int, Outcome]]:
-    """Commit the built messages in one transaction; their outcomes, to be answered."""
-    items = [(built.message, built.since, built.quota) for _, _, built in group]
-    results: list[tuple[str, bool] | Exception]
-    try:
-        results = list(queue.enqueue_group(items))
-    except Exception as exc:  # noqa: BLE001  none is stored: 451 via stored() (QueueError or a bug, logged)
-        results = [exc] * len(group)
-    return [
-        (number, stored(built, result, submission))
-        for (number, submission, built), result in zip(group, results, strict=True)
-    ]
+class _Reader:
+    """The reading thread: reads each message as it comes, hands groups to the committer."""
+
+    def __init__(
+        self,
+        frames: _Frames,
+        queue: Queue,
+        committer: _Committer,
+        policy: Policy,
+        send: Callable[[bytes], None],
+    ) -> None:
+        self._frames = frames
+        self._queue = queue
+        self._committer = committer
+        self._policy = policy
+        self._send = send
+        self._reads: list[Read] = []
+
+    def run(self) -> None:
+        """Until the daemon closed its end and everything it sent is answered."""
+        frames = self._frames
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(frames.sock, selectors.EVENT_READ)
+            waiting.register(self._committer.wake, selectors.EVENT_READ)
+            while True:
+                self._flush()
+                frame = frames.take()
+                if frame is not None:
+                    self._handle(*frame)
+                    continue
+                if not frames.open and not self._reads and not self._committer.busy:
+                    return
+                # nothing here to read: wait for more mail, or for the group in hand
+                for key, _ in waiting.select():
+                    if key.fileobj is frames.sock:
+                        frames.fill()
+                        if not frames.open:
+                            waiting.unregister(frames.sock)
+
+    def _flush(self) -> None:
+        """Log a group that is on disk; hand over the next one if the committer is free."""
+        done = self._committer.finished()
+        if done is not None and not done.failed:
+            for note in done.notes:
+                note()
+        if self._reads and not self._committer.busy:
+            staged = _stage(self._queue, self._reads)
+            self._reads = []
+            if isinstance(staged, _Group):
+                self._committer.commit(staged)
+            else:
+                self._send(staged)
+
+    def _handle(self, kind: str, number: int, payload: object) -> None:
+        if kind == "settings" and isinstance(payload, Settings):
+            self._policy = _apply(payload)
+        elif kind == "read" and isinstance(payload, Submission):
+            built = _read_within(payload, self._policy)
+            if isinstance(built, Outcome):
+                self._send(_answers([(number, built)]))
+            else:
+                self._reads.append((number, payload, built))
+
+
+def _apply(settings: Settings) -> Policy:
+    """Take new settings: the log's, and the policy messages are read under from now on."""
+    from mail2sms import log as logging_setup  # noqa: PLC0415
+
+    logging_setup.configure(show_numbers=settings.log.show_numbers, level=settings.log.level)
+    return Policy.from_settings(settings)
 
 
 def main() -> int:

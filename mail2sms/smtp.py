@@ -538,6 +538,11 @@ class Client:
             trusted_network=policy is not None and policy.in_networks(ip),
         )
 
+    def __reduce__(self) -> tuple[type[Client], tuple[str | None, str, str | None, bool]]:
+        # Pickled with every submission to the reader process: the slots dataclass's own
+        # pickling calls fields() each time (a third of the cost, bench: 14.5 -> 8.6 us).
+        return (Client, (self.ip, self.helo, self.user, self.trusted_network))
+
 
 @dataclass(frozen=True, slots=True)
 class Submission:
@@ -556,6 +561,11 @@ class Submission:
     """The client's address and port, for the log."""
     received_at: float
 
+    def __reduce__(self) -> tuple[type[Submission], tuple[object, ...]]:
+        # once per message to the reader process: see Client.__reduce__
+        fields = (self.raw, self.mail_from, self.rcpt_tos, self.client, self.sender, self.peer)
+        return (Submission, (*fields, self.received_at))
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -566,6 +576,10 @@ class Outcome:
     """Set when a new message was queued (not for a suppressed duplicate): delivery wakes."""
     refused: bool = False
     """A refusal, counted by reply code in the metrics."""
+
+    def __reduce__(self) -> tuple[type[Outcome], tuple[str, str | None, bool]]:
+        # once per message from the reader process: see Client.__reduce__
+        return (Outcome, (self.reply, self.queue_id, self.refused))
 
 
 class Reader(Protocol):
@@ -789,26 +803,42 @@ class Built:
 
 def stored(built: Built, result: tuple[str, bool] | Exception, submission: Submission) -> Outcome:
     """The reply for an enqueue's result (queue id and duplicate flag, or its error); logged."""
+    outcome, note = judged(built, result, submission)
+    note()
+    return outcome
+
+
+def judged(
+    built: Built, result: tuple[str, bool] | Exception, submission: Submission
+) -> tuple[Outcome, Callable[[], object]]:
+    """``stored`` with its log line apart: the reader process logs once the group is on disk.
+
+    A ``message_accepted`` line is only true once its commit returned; a failed commit
+    logs ``queue_unavailable`` instead.
+    """
     peer, message = submission.peer, built.message
     if isinstance(result, LimitRefusedError):  # a rate is used up: nothing was queued
-        return refusal("DATA", result, peer, sender=submission.sender)
+        return Outcome(result.reply, refused=True), functools.partial(
+            refusal, "DATA", result, peer, sender=submission.sender
+        )
     if isinstance(result, QueueError):
-        log.error("queue_unavailable", peer=peer, error=str(result))
-        return Outcome(QUEUE_UNAVAILABLE)
+        return Outcome(QUEUE_UNAVAILABLE), lambda: log.error(
+            "queue_unavailable", peer=peer, error=str(result)
+        )
     if isinstance(result, Exception):
-        log.error("smtp_data_error", peer=peer, exc_info=result)
-        return Outcome(TEMPORARY_ERROR)
+        return Outcome(TEMPORARY_ERROR), lambda: log.error(
+            "smtp_data_error", peer=peer, exc_info=result
+        )
     queue_id, duplicate = result
     if duplicate:  # a resend after a lost 250: acknowledge it, send nothing again
-        log.info(
+        return Outcome(QUEUED.format(queue_id=queue_id)), lambda: log.info(
             "duplicate_suppressed",
             queue_id=queue_id,
             message_id=message.message_id,
             sender=message.envelope_from,
             peer=peer,
         )
-        return Outcome(QUEUED.format(queue_id=queue_id))
-    log.info(
+    return Outcome(QUEUED.format(queue_id=queue_id), queue_id=queue_id), lambda: log.info(
         "message_accepted",
         queue_id=queue_id,
         sender=message.envelope_from,
@@ -818,7 +848,6 @@ def stored(built: Built, result: tuple[str, bool] | Exception, submission: Submi
         size=message.size,
         peer=peer,
     )
-    return Outcome(QUEUED.format(queue_id=queue_id), queue_id=queue_id)
 
 
 class LocalReader:
