@@ -22,6 +22,7 @@ from conftest import ALLOWED, GATEWAY, poll, read_outbox
 from test_smtp import make_mail, transaction
 
 from mail2sms import reader_process
+from mail2sms.errors import QueueUnavailableError
 from mail2sms.queue import Queue
 from mail2sms.reader_process import SpillReader
 from mail2sms.smtp import Built, Client, Outcome, Policy, Submission, read_submission
@@ -162,14 +163,18 @@ def read_group(policy: Policy, ports: tuple[int, ...]) -> list[reader_process.Re
     return [(n, s, b) for n, (s, b) in enumerate(zip(submissions, built, strict=True))]  # type: ignore[misc]
 
 
-def test_a_group_is_answered_only_by_its_commit(make_settings, tmp_path):
+def staged_pair(settings, queue: Queue) -> reader_process._Group:
+    """Two different messages read and staged on ``queue``, not committed."""
+    group = reader_process._stage(queue, read_group(Policy.from_settings(settings), (1, 2)))
+    assert isinstance(group, reader_process._Group)
+    return group
+
+
+def test_a_group_is_answered_only_by_its_commit(make_settings):
     """Staged, the group is not durable: its 250s are sent after the commit, its log lines too."""
     settings = make_settings()
-    policy = Policy.from_settings(settings)
-    reads = read_group(policy, (1001, 1002))
     with Queue(settings.queue.path, any_thread=True) as queue:
-        group = reader_process._stage(queue, reads)
-        assert isinstance(group, reader_process._Group)
+        group = staged_pair(settings, queue)
         with Queue(settings.queue.path) as other:  # another connection sees nothing yet
             assert other.counts()["pending"] == 0
         answers = answers_in(reader_process._commit(group))
@@ -180,24 +185,28 @@ def test_a_group_is_answered_only_by_its_commit(make_settings, tmp_path):
         assert queue.counts()["pending"] == 2
 
 
-def test_a_commit_that_fails_answers_451_for_the_whole_group(make_settings):
+@pytest.mark.parametrize(
+    ("error", "reply"),
+    [
+        (QueueUnavailableError("queue q is unavailable: disk I/O error"), "451 4.3.0"),
+        (RuntimeError("a bug in the commit"), "451"),
+    ],
+)
+def test_a_commit_that_fails_answers_451_for_the_whole_group(make_settings, error, reply):
     """Nothing of a failed group is stored, so each of its clients is told to send again."""
     settings = make_settings()
-    policy = Policy.from_settings(settings)
-    reads = read_group(policy, (1001, 1002))
     with Queue(settings.queue.path, any_thread=True) as queue:
-        group = reader_process._stage(queue, reads)
-        assert isinstance(group, reader_process._Group)
-        commit = group.commit
+        group = staged_pair(settings, queue)
 
-        def broken() -> None:
-            commit()  # stored after all, but a bug after it: the clients may not be told 250
-            raise RuntimeError("a bug in the commit")
+        def broken() -> None:  # as a COMMIT that fails: SQLite rolls the transaction back
+            queue._rollback()
+            raise error
 
         group.commit = broken
         answers = answers_in(reader_process._commit(group))
+        assert queue.counts()["pending"] == 0
     assert [n for n, _ in answers] == [0, 1]
-    assert all(outcome.reply.startswith("451") for _, outcome in answers)
+    assert all(outcome.reply.startswith(reply) for _, outcome in answers)
     assert group.failed  # so its message_accepted lines are not written
 
 
