@@ -701,27 +701,24 @@ class Queue:
         """
         conn = self._conn
         results: list[tuple[str, bool] | Exception] = []
-        with self._guard():
-            conn.execute("BEGIN IMMEDIATE")
         try:
-            for message, since, quota in items:
-                try:
-                    _check_recipients(message)
-                except ValueError as exc:
-                    results.append(exc)
-                    continue
-                with self._guard():
+            with self._guard():
+                conn.execute("BEGIN IMMEDIATE")
+                for message, since, quota in items:
+                    try:
+                        _check_recipients(message)
+                    except ValueError as exc:
+                        results.append(exc)
+                        continue
                     conn.execute("SAVEPOINT enqueue")
-                try:
-                    with self._guard():
-                        results.append(self._enqueue_in(conn, message, since, quota))
-                except Exception as exc:
-                    if not conn.in_transaction:
-                        raise  # SQLite gave up the whole transaction: none of it is stored
-                    with self._guard():
+                    try:
+                        with self._guard():
+                            results.append(self._enqueue_in(conn, message, since, quota))
+                    except Exception as exc:
+                        if not conn.in_transaction:
+                            raise  # SQLite gave up the whole transaction: none of it is stored
                         conn.execute("ROLLBACK TO enqueue")
-                    results.append(exc)
-                with self._guard():
+                        results.append(exc)
                     conn.execute("RELEASE enqueue")
         except BaseException:
             self._rollback()

@@ -38,7 +38,7 @@ from typing import Literal
 
 from mail2sms.config import Settings
 from mail2sms.log import get_logger
-from mail2sms.queue import DEFAULT_BUSY_TIMEOUT, Queue, StagedGroup
+from mail2sms.queue import DEFAULT_BUSY_TIMEOUT, MAX_GROUP, Queue, StagedGroup
 from mail2sms.smtp import (
     PARSE_TOO_SLOW,
     TEMPORARY_ERROR,
@@ -486,7 +486,7 @@ def _stage(queue: Queue, reads: list[Read]) -> _Group | bytes:
     try:
         staged = StagedGroup(queue, items)
     except Exception as exc:  # noqa: BLE001  none is stored: 451 via stored() (QueueError or a bug, logged)
-        return _answers((n, stored(built, exc, sub)) for n, sub, built in reads)
+        return _none_stored(reads, exc)
     judgements = [
         judged(built, result, submission)
         for (_, submission, built), result in zip(reads, staged.results, strict=True)
@@ -503,13 +503,18 @@ def _answers(outcomes: Iterable[tuple[int, Outcome]]) -> bytes:
     return b"".join(_frame(("done", number, outcome)) for number, outcome in outcomes)
 
 
+def _none_stored(reads: list[Read], error: Exception) -> bytes:
+    """Every member's answer when its group was not stored (451 via ``stored``, logged)."""
+    return _answers((n, stored(built, error, sub)) for n, sub, built in reads)
+
+
 def _commit(group: _Group) -> bytes:
     """Commit a staged group; its members' answers (451 for all if the commit failed)."""
     try:
         group.commit()
     except Exception as exc:  # noqa: BLE001  none is stored: 451 via stored() (QueueError or a bug, logged)
         group.failed = True
-        return _answers((n, stored(built, exc, sub)) for n, sub, built in group.members)
+        return _none_stored(group.members, exc)
     return group.answers
 
 
@@ -657,8 +662,8 @@ class _Reader:
             for note in done.notes:
                 note()
         if self._reads and not self._committer.busy:
-            staged = _stage(self._queue, self._reads)
-            self._reads = []
+            group, self._reads = self._reads[:MAX_GROUP], self._reads[MAX_GROUP:]
+            staged = _stage(self._queue, group)
             if isinstance(staged, _Group):
                 self._committer.commit(staged)
             else:

@@ -210,8 +210,13 @@ def test_a_commit_that_fails_answers_451_for_the_whole_group(make_settings, erro
     assert group.failed  # so its message_accepted lines are not written
 
 
-def test_the_reader_answers_every_message_of_a_burst(make_settings):
-    """The reading thread and the commit thread, over a real socket: all answered, all stored."""
+@pytest.mark.parametrize("max_group", [reader_process.MAX_GROUP, 3])
+def test_the_reader_answers_every_message_of_a_burst(make_settings, monkeypatch, max_group):
+    """The reading thread and the commit thread, over a real socket: all answered, all stored.
+
+    With groups of at most 3, the burst is committed in many groups, none left behind.
+    """
+    monkeypatch.setattr(reader_process, "MAX_GROUP", max_group)
     settings = make_settings()
     daemon_end, reader_end = socket.socketpair()
     received = bytearray()
