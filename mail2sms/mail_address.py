@@ -28,10 +28,13 @@ _MAX_PATH = 254  # RFC 5321's limit on a forward or reverse path, without the br
 def ascii_hostname(name: str) -> str:
     """A host name as lower-case ASCII (IDNA), without a trailing dot; ValueError if not one."""
     cleaned = name.strip().rstrip(".")
-    try:
-        encoded = cleaned.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        raise ValueError(f"{name!r} is not a host name") from None
+    if cleaned.isascii():  # IDNA leaves ASCII as it is; _HOSTNAME checks its labels
+        encoded = cleaned.lower()
+    else:
+        try:
+            encoded = cleaned.encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            raise ValueError(f"{name!r} is not a host name") from None
     if not _HOSTNAME.fullmatch(encoded):
         raise ValueError(f"{name!r} is not a host name")
     return encoded

@@ -80,6 +80,10 @@ _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")
 _TAG = re.compile(r"<[^>]*>")
 # A header field's first line (RFC 5322 field name: printable ASCII except ":").
 _HEADER_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+# Lines that each are a field or its continuation, CRLF between them and in no other place.
+_HEADER_SECTION = re.compile(
+    rb"[\x21-\x39\x3b-\x7e]+[ \t]*:[^\r\n]*(?:\r\n(?:[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t])[^\r\n]*)*"
+)
 
 _UNREADABLE = (
     "The message could not be read as MIME: send it as plain text (Content-Type: text/plain)"
@@ -138,6 +142,14 @@ def header_block(raw: bytes) -> str:
     continuations, up to the blank line or the first line that is no header. Line ends
     become plain newlines; bytes that are not UTF-8 become U+FFFD, as the text is only shown.
     """
+    end = raw.find(b"\r\n\r\n")
+    if end > 0 and _HEADER_SECTION.fullmatch(raw, 0, end):  # the usual case, in one step
+        return raw[:end].replace(b"\r\n", b"\n").decode("utf-8", "replace")
+    return _header_lines(raw)
+
+
+def _header_lines(raw: bytes) -> str:
+    """``header_block`` line by line: any line ends, and a section that ends otherwise."""
     lines: list[bytes] = []
     for line in io.BytesIO(raw):
         if _HEADER_FIELD.match(line) or (lines and line[:1] in {b" ", b"\t"}):
@@ -186,28 +198,135 @@ def _escape_unterminated_tail(markup: str) -> str:
 
 def _parse(raw: bytes, cleanup: Cleanup) -> MailContent:
     _check_part_count(raw)
-    # compat32 is the most lenient structure parser and leaves header values raw; they are
-    # decoded below, each step unable to fail.
-    message = BytesParser(policy=policy.compat32).parsebytes(raw)
-    headers: dict[str, list[str]] = {}
-    for name, value in message.raw_items():
-        headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else "")
+    plain = _plain_message(raw)
+    message: Message | None = None
+    if plain is None:
+        # compat32 is the most lenient structure parser and leaves header values raw; they
+        # are decoded below, each step unable to fail.
+        message = BytesParser(policy=policy.compat32).parsebytes(raw)
+        headers: dict[str, list[str]] = {}
+        for name, value in message.raw_items():
+            headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else "")
+    else:
+        headers = plain.headers
 
     subject = _decoded_header(_first(headers, "subject"))
+    forwarded = _FORWARDED_MAIL.match(subject) is not None
     from_addresses = tuple(
         address for value in headers.get("from", []) for address in _addresses(value)
     )
     date = _plain_header(_first(headers, "date")) or None
+    if message is None:
+        assert plain is not None  # noqa: S101  for mypy: one of the two is set
+        body = _shape(_decode_charset(plain.body, plain.charset), cleanup, forwarded=forwarded)
+        content_type = "text/plain"
+    else:
+        body = _body(message, cleanup, forwarded=forwarded)
+        content_type = message.get_content_type()
     return MailContent(
         subject=subject,
         from_addresses=from_addresses,
         message_id=_message_id(_first(headers, "message-id")),
         date=date,
-        body=_body(message, cleanup, forwarded=_FORWARDED_MAIL.match(subject) is not None),
-        content_type=message.get_content_type(),
+        body=body,
+        content_type=content_type,
         auto_submitted=_keyword(_first(headers, "auto-submitted")),
         received=len(headers.get("received", [])),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _PlainMessage:
+    """A message with one text/plain body and no transfer encoding, read without the parser."""
+
+    headers: dict[str, list[str]]
+    """Lower-case name → raw values, as the parser's ``raw_items`` gives them."""
+    body: bytes
+    charset: str | None
+
+
+# The one Content-Type a plain message may have: text/plain with at most a charset.
+_PLAIN_TYPE = re.compile(
+    r'\s*text/plain\s*(?:;\s*charset\s*=\s*(?:"([\w.:+-]*)"|([\w.:+-]+))\s*)?;?\s*',
+    re.IGNORECASE | re.ASCII,
+)
+# Transfer encodings that leave the body as it is (the parser decodes the others).
+_IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+# Headers that may need the parser: anything MIME beyond the two handled here.
+_STRUCTURE_HEADERS = ("content-type", "content-transfer-encoding")
+
+
+def _plain_message(raw: bytes) -> _PlainMessage | None:
+    """``raw`` read the way the stdlib parser would, if it is plain text; else None.
+
+    Most mail from devices and scripts is headers, a blank line and text: no MIME parts,
+    no transfer encoding. For those this gives the same headers, body and charset as the
+    parser (compat32) at a fraction of its cost; anything else (CRLF not used throughout
+    the header section, a line the parser would have to repair, an mbox "From " line,
+    Content-Disposition, another content type or encoding) is left to the parser.
+    """
+    end = raw.find(b"\r\n\r\n")
+    if end <= 0 or raw.startswith(b"From "):
+        return None
+    headers = _plain_headers(raw[: end + 2])
+    if headers is None:
+        return None
+    plain, charset = _plain_charset(headers)
+    return _PlainMessage(headers, raw[end + 4 :], charset) if plain else None
+
+
+def _plain_headers(section: bytes) -> dict[str, list[str]] | None:
+    """The header section's fields, or None where the parser would read it otherwise."""
+    newlines = section.count(b"\n")
+    if section.count(b"\r") != newlines or section.count(b"\r\n") != newlines:
+        return None  # a bare CR or LF: the parser's lines differ from a split on CRLF
+    headers: dict[str, list[str]] = {}
+    name = ""
+    lines: list[str] = []
+    for line in section.decode("ascii", "surrogateescape").split("\r\n")[:-1]:
+        if line[:1] in {" ", "\t"} and name:
+            lines.append(line)
+            continue
+        if name:
+            headers.setdefault(name.lower(), []).append(_raw_value(lines))
+        colon = line.find(":")
+        if colon <= 0 or not _FIELD_NAME.fullmatch(line, 0, colon):
+            return None  # a continuation first, or no field: the parser repairs those
+        name, lines = line[:colon], [line]
+    if name:
+        headers.setdefault(name.lower(), []).append(_raw_value(lines))
+    return headers
+
+
+def _plain_charset(headers: dict[str, list[str]]) -> tuple[bool, str | None]:
+    """Whether these headers make a plain text message, and its charset (as the parser's)."""
+    if "content-disposition" in headers or any(
+        len(headers.get(h, ())) > 1 for h in _STRUCTURE_HEADERS
+    ):
+        return False, None
+    encoding = _first(headers, "content-transfer-encoding")
+    if encoding is not None and encoding.strip().lower() not in _IDENTITY_ENCODINGS:
+        return False, None
+    content_type = _first(headers, "content-type")
+    if content_type is None:
+        return True, None
+    match = _PLAIN_TYPE.fullmatch(content_type)
+    if match is None:
+        return False, None
+    charset = match.group(1) if match.start(1) >= 0 else match.group(2)
+    return True, None if charset is None else charset.lower()
+
+
+# A header field name as the stdlib parser takes it (printable ASCII but ":").
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+
+
+def _raw_value(lines: list[str]) -> str:
+    """A header's value from its lines, as compat32's ``header_source_parse`` makes it."""
+    value = lines[0].split(":", 1)[1].lstrip(" \t")
+    if len(lines) > 1:
+        value += "\r\n" + "\r\n".join(lines[1:])
+    return value
 
 
 def _check_part_count(raw: bytes) -> None:
@@ -542,11 +661,15 @@ def _strip_trailing_spaces(text: str) -> str:
 
 def _collapse_blank_lines(text: str) -> str:
     """Drop blank lines: an SMS has no room for them, so a paragraph break is one newline."""
+    if "\n\n" not in text:  # the usual case, found far faster than by the regex
+        return text
     return _BLANK_RUN.sub("\n", text)
 
 
 def _collapse_spaces(text: str) -> str:
     """Turn runs of spaces and tabs inside a line into one space; indentation stays."""
+    if "\t" not in text and "  " not in text:  # each run has one or the other
+        return text
     return _SPACE_RUN.sub(" ", text)
 
 
@@ -635,6 +758,34 @@ _FORWARD_LINE = re.compile(r"[\s-]*(?:Forwarded message|Begin forwarded message)
 _FORWARD_LOOKBACK = 3
 # Outlook's separator above the reply header block: a line of underscores.
 _UNDERSCORE_RULE = re.compile(r"\s*_{10,}\s*$")
+
+
+# What each marker cannot do without, in ASCII text (see _mentions): a word of an
+# attribution, of an "Original Message" line or a "Sent:" line, or an underscore rule.
+def _words(*words: str) -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(word) for word in words))
+
+
+_ATTRIBUTION_WORDS = ("wrote", "schrieb", "crit", "escribi", "schreef")
+_ATTRIBUTION_HINT = _words(*_ATTRIBUTION_WORDS)
+_REPLY_HINT = _words(
+    *_ATTRIBUTION_WORDS,
+    *("original message", "message d'origine", "mensaje original", "oorspronkelijk bericht"),
+    *("sent", "gesendet", "enviado", "verzonden", "inviato", "_" * 10),
+)
+
+
+def _mentions(text: str, words: re.Pattern[str]) -> bool:
+    """Whether ``text`` may hold one of ``words`` (lower-case ASCII ``_words``), in any case.
+
+    A cheap test before the line-by-line patterns, which most mail never matches: for
+    ASCII text, a search of its lower-case form for the plain words, far faster than a
+    case-insensitive pattern. Other text always "may": ``re`` folds case in ways
+    ``str.lower`` does not show (the long s is an s to it, the Kelvin sign a k).
+    """
+    return not text.isascii() or words.search(text.lower()) is not None
+
+
 _SHORT_RULE = re.compile(r"\s*_{3,}\s*$")
 
 
@@ -644,6 +795,8 @@ def _cut_reply_history(text: str) -> str:
     Markers: an attribution, an Outlook header block, an "Original Message" line, an
     underscore rule above a header block.
     """
+    if not _mentions(text, _REPLY_HINT):
+        return text
     lines = text.split("\n")
     for index in range(len(lines)):
         if _starts_reply_history(lines, index):
@@ -707,6 +860,8 @@ def _drop_trailing_quote(text: str) -> str:
     so the trailing quote goes only when its first line is such an attribution. Any other
     quote (an alarm quoting a reading, an inline reply) is text the sender chose.
     """
+    if ">" not in text or not _mentions(text, _ATTRIBUTION_HINT):
+        return text  # no quote, or none that an attribution could head
     lines = text.split("\n")
     end = len(lines)
     while end and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(">")):
@@ -724,6 +879,8 @@ def _cut_signature(text: str) -> str:
     are stripped: a bare ``--`` is a separator in alarm and report mails, and only dropped
     when nothing but blank lines follows it.
     """
+    if "--" not in text:
+        return text
     lines = text.split("\n")
     for index, line in enumerate(lines):
         if line.startswith("-- ") and not line[3:].strip(" \t"):
@@ -756,6 +913,8 @@ _BANNERS = (
 # What every one of _BANNERS contains (same flags): one search instead of four for a line
 # that is no banner, as nearly every first line is.
 _BANNER_HINT = re.compile(r"outside|external sender", re.IGNORECASE)
+# The same, and the words of _FIRST_CONTACT_TIP: a text without them has no banner or tip.
+_TOP_HINT = _words("outside", "external sender", "often get")
 # Words that a wrapped banner's continuation line is made of ("links or open attachments
 # unless you recognize the sender and know the content is safe.").
 _BANNER_CONTINUATION = re.compile(
@@ -783,6 +942,8 @@ _BANNER_LINE_MAX = 1000
 
 def _strip_top_banners(text: str) -> str:
     """Drop external-sender banners and ``[EXTERNAL]`` tags from the top of the text."""
+    if "[" not in text and not _mentions(text, _TOP_HINT):
+        return text  # no tag, and no banner or tip phrase anywhere
     lines = text.split("\n")
     start = 0
     for _ in range(_BANNER_MAX_COUNT):
@@ -888,6 +1049,8 @@ _FOOTERS = (
     # Gateway scanner stamps: "This email has been scanned for viruses by …"
     re.compile(r"\s*This (?:e-?mail|message) has been (?:scanned|checked)\b[^\n]*", re.IGNORECASE),
 )
+# All of them in one pattern (the same flags): one test of the last line instead of eight.
+_FOOTER = re.compile("|".join(f"(?:{footer.pattern})" for footer in _FOOTERS), re.IGNORECASE)
 # The first line of a confidentiality disclaimer. Not "IMPORTANT:", "LEGAL" or "This
 # message …" on their own: alarms are written like that.
 _DISCLAIMER_START = re.compile(
@@ -940,7 +1103,7 @@ def _strip_bottom_boilerplate(text: str) -> str:
             end -= 1
         if not end:
             break
-        if any(footer.fullmatch(lines[end - 1]) for footer in _FOOTERS):
+        if _FOOTER.fullmatch(lines[end - 1]):
             end -= 1
             continue
         start = _disclaimer_start(lines, end)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, ParamSpec, Self, TypeVar
 
-from mail2sms.errors import NotFoundError, QueueUnavailableError
+from mail2sms.errors import NotFoundError, QueueUnavailableError, RateLimitedError
 from mail2sms.limits import DAY, HOUR, Quota
 from mail2sms.models import (
     BounceJob,
@@ -73,6 +73,7 @@ DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a writer waits for another connection's lo
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
 _TIME_CHARS = 9  # 45 bits of milliseconds: sortable until the year 3084
 _RANDOM_CHARS = 7  # 35 bits: collisions within one millisecond are retried anyway
+_ALPHABET_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
 QUEUE_ID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{16}")
 
 _SCHEMA = """
@@ -280,11 +281,18 @@ def new_queue_id(at: float) -> str:
     """Make a fresh queue id for a message accepted at ``at`` (see the module docstring)."""
     millis = max(0, int(at * 1000)) & ((1 << (5 * _TIME_CHARS)) - 1)
     value = (millis << (5 * _RANDOM_CHARS)) | secrets.randbits(5 * _RANDOM_CHARS)
-    chars = []
-    for _ in range(_TIME_CHARS + _RANDOM_CHARS):
-        value, digit = divmod(value, 32)
-        chars.append(_ALPHABET[digit])
-    return "".join(reversed(chars))
+    # 16 characters as 8 pairs (10 bits each), written out: a third of the cost of a loop
+    p = _ALPHABET_PAIRS
+    return (
+        p[value >> 70]
+        + p[(value >> 60) & 1023]
+        + p[(value >> 50) & 1023]
+        + p[(value >> 40) & 1023]
+        + p[(value >> 30) & 1023]
+        + p[(value >> 20) & 1023]
+        + p[(value >> 10) & 1023]
+        + p[value & 1023]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,38 +406,71 @@ def _same_message(
     return None
 
 
-def _count_usage(
-    conn: sqlite3.Connection, quota: Quota, numbers: Sequence[str], now: float
-) -> None:
-    """Check ``quota`` against the SMS queued in the sliding windows, then count ``numbers``.
+class _Tally:
+    """The ``[limits]`` usage one transaction adds, written once at its end (``write``).
 
-    Minute buckets: a window is the last 60 (or 1440) whole minutes, so it slides a minute
-    at a time. Raises ``RateLimitedError`` before counting anything; the caller's rollback
-    covers the rest. Buckets older than a day are dropped on the way.
+    A burst from one sender to one number adds to the same three buckets with every
+    message; tallied here, a group commit writes each bucket once instead.
     """
-    minute = int(now // 60)
-    hour_ago, day_ago = minute - int(HOUR // 60), minute - int(DAY // 60)
-    conn.execute("DELETE FROM usage WHERE minute <= ?", (day_ago,))
 
-    def used(scope: str, key: str, since: int, limit: int) -> int:
-        return int(conn.execute(_USED, (scope, key, since)).fetchone()[0]) if limit else 0
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], dict[int, int]] = {}
+        self._latest: float | None = None
 
-    quota.check(
-        numbers,
-        sender_sent=used("sender", quota.sender_key, hour_ago, quota.per_sender_per_hour),
-        recipient_sent={
-            n: used("recipient", n, hour_ago, quota.per_recipient_per_hour) for n in numbers
-        },
-        day_sent=used("all", "", day_ago, quota.per_day),
-    )
-    conn.executemany(
-        _COUNT_USE,
-        [
+    def check(
+        self, conn: sqlite3.Connection, quota: Quota, numbers: Sequence[str], now: float
+    ) -> list[tuple[str, str, int, int]]:
+        """Check ``quota`` against the SMS queued in the sliding windows; what to ``add``.
+
+        Minute buckets: a window is the last 60 (or 1440) whole minutes, so it slides a
+        minute at a time. The counts are those stored and those tallied so far. Raises
+        ``RateLimitedError`` and writes nothing (``Queue._stage_together`` relies on it).
+        """
+        minute = int(now // 60)
+        hour_ago, day_ago = minute - int(HOUR // 60), minute - int(DAY // 60)
+
+        def used(scope: str, key: str, since: int, limit: int) -> int:
+            if not limit:
+                return 0
+            stored = int(conn.execute(_USED, (scope, key, since)).fetchone()[0])
+            tallied = self._counts.get((scope, key), {})
+            return stored + sum(count for at, count in tallied.items() if at > since)
+
+        quota.check(
+            numbers,
+            sender_sent=used("sender", quota.sender_key, hour_ago, quota.per_sender_per_hour),
+            recipient_sent={
+                n: used("recipient", n, hour_ago, quota.per_recipient_per_hour) for n in numbers
+            },
+            day_sent=used("all", "", day_ago, quota.per_day),
+        )
+        return [
             ("sender", quota.sender_key, minute, len(numbers)),
             ("all", "", minute, len(numbers)),
             *(("recipient", n, minute, 1) for n in numbers),
-        ],
-    )
+        ]
+
+    def add(self, counts: list[tuple[str, str, int, int]], now: float) -> None:
+        """Count a message that is written (what ``check`` returned for it)."""
+        for scope, key, minute, count in counts:
+            bucket = self._counts.setdefault((scope, key), {})
+            bucket[minute] = bucket.get(minute, 0) + count
+        self._latest = now if self._latest is None else max(self._latest, now)
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Store the counts, and drop the buckets older than any window (a day)."""
+        if self._latest is None:
+            return
+        day_ago = int(self._latest // 60) - int(DAY // 60)
+        conn.execute("DELETE FROM usage WHERE minute <= ?", (day_ago,))
+        conn.executemany(
+            _COUNT_USE,
+            [
+                (scope, key, minute, count)
+                for (scope, key), bucket in self._counts.items()
+                for minute, count in bucket.items()
+            ],
+        )
 
 
 def _check_recipients(message: NewMessage) -> None:
@@ -676,17 +717,20 @@ class Queue:
         """
         _check_recipients(message)
         with self._write() as conn:
-            return self._enqueue_in(conn, message, since, quota)
+            tally = _Tally()
+            result = self._enqueue_in(conn, message, since, quota, tally)
+            tally.write(conn)
+            return result
 
     def enqueue_group(
         self, items: Sequence[tuple[NewMessage, float | None, Quota | None]]
     ) -> list[tuple[str, bool] | Exception]:
         """Enqueue several messages in ONE transaction: one commit, one fsync for all.
 
-        This is the group commit behind ``AsyncQueue``: each message runs in a SAVEPOINT of
-        its own, so one that fails (a refusal, a database error) is rolled back alone and
-        its slot in the result holds the exception; the others keep their ids. Nothing is
-        durable before the COMMIT, so if that fails this raises and no caller may say 250.
+        This is the group commit behind ``AsyncQueue``: one message that fails (a refusal,
+        a database error) is rolled back alone and its slot in the result holds the
+        exception; the others keep their ids. Nothing is durable before the COMMIT, so if
+        that fails this raises and no caller may say 250.
         """
         results = self._stage_group(items)
         self._commit_staged()
@@ -700,29 +744,71 @@ class Queue:
         Raises, rolled back, if SQLite gives up the whole transaction.
         """
         conn = self._conn
-        results: list[tuple[str, bool] | Exception] = []
         try:
             with self._guard():
                 conn.execute("BEGIN IMMEDIATE")
-                for message, since, quota in items:
-                    try:
-                        _check_recipients(message)
-                    except ValueError as exc:
-                        results.append(exc)
-                        continue
-                    conn.execute("SAVEPOINT enqueue")
-                    try:
-                        with self._guard():
-                            results.append(self._enqueue_in(conn, message, since, quota))
-                    except Exception as exc:
-                        if not conn.in_transaction:
-                            raise  # SQLite gave up the whole transaction: none of it is stored
-                        conn.execute("ROLLBACK TO enqueue")
-                        results.append(exc)
-                    conn.execute("RELEASE enqueue")
+                try:
+                    return self._stage_together(conn, items)
+                except Exception:
+                    if not conn.in_transaction:
+                        raise  # SQLite gave up the whole transaction: none of it is stored
+                    conn.execute("ROLLBACK")  # and again, each message in a savepoint
+                conn.execute("BEGIN IMMEDIATE")
+                return self._stage_apart(conn, items)
         except BaseException:
             self._rollback()
             raise
+
+    def _stage_together(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[tuple[NewMessage, float | None, Quota | None]],
+    ) -> list[tuple[str, bool] | Exception]:
+        """Write each message in the open transaction; raise at the first failure.
+
+        The usual case, without a savepoint per message (two statements each). The
+        refusals are not failures: both come before a message writes anything.
+        """
+        results: list[tuple[str, bool] | Exception] = []
+        tally = _Tally()
+        for message, since, quota in items:
+            try:
+                _check_recipients(message)
+            except ValueError as exc:
+                results.append(exc)
+                continue
+            try:
+                results.append(self._enqueue_in(conn, message, since, quota, tally))
+            except RateLimitedError as exc:
+                results.append(exc)
+        tally.write(conn)
+        return results
+
+    def _stage_apart(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[tuple[NewMessage, float | None, Quota | None]],
+    ) -> list[tuple[str, bool] | Exception]:
+        """Write each message in a savepoint of its own: a failure takes only its message."""
+        results: list[tuple[str, bool] | Exception] = []
+        tally = _Tally()
+        for message, since, quota in items:
+            try:
+                _check_recipients(message)
+            except ValueError as exc:
+                results.append(exc)
+                continue
+            conn.execute("SAVEPOINT enqueue")
+            try:
+                with self._guard():
+                    results.append(self._enqueue_in(conn, message, since, quota, tally))
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise  # SQLite gave up the whole transaction: none of it is stored
+                conn.execute("ROLLBACK TO enqueue")
+                results.append(exc)
+            conn.execute("RELEASE enqueue")
+        tally.write(conn)
         return results
 
     def _commit_staged(self) -> None:
@@ -740,17 +826,20 @@ class Queue:
         conn: sqlite3.Connection,
         message: NewMessage,
         since: float | None,
-        quota: Quota | None = None,
+        quota: Quota | None,
+        tally: _Tally,
     ) -> tuple[str, bool]:
-        """The body of ``enqueue_unless_duplicate``, inside a transaction already open."""
+        """The body of ``enqueue_unless_duplicate``, inside a transaction already open.
+
+        Its usage goes to ``tally`` once the message is written, for the caller to write.
+        """
         numbers = list(dict.fromkeys(message.recipients))
         now = message.received_at
         if since is not None and message.message_id:
             earlier = _same_message(conn, message, numbers, since)
             if earlier is not None:
                 return earlier, True
-        if quota is not None:
-            _count_usage(conn, quota, numbers, now)
+        counts = None if quota is None else tally.check(conn, quota, numbers, now)
         for _ in range(5):
             queue_id = new_queue_id(now)
             try:
@@ -782,6 +871,8 @@ class Queue:
             " updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
             [(queue_id, number, i, now, now) for i, number in enumerate(numbers)],
         )
+        if counts is not None:
+            tally.add(counts, now)
         return queue_id, False
 
     def recover(self, now: float) -> int:

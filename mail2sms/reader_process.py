@@ -37,7 +37,7 @@ from queue import Empty, SimpleQueue
 from typing import Literal
 
 from mail2sms.config import Settings
-from mail2sms.log import get_logger
+from mail2sms.log import get_logger, together
 from mail2sms.queue import DEFAULT_BUSY_TIMEOUT, MAX_GROUP, Queue, StagedGroup
 from mail2sms.smtp import (
     PARSE_TOO_SLOW,
@@ -65,6 +65,14 @@ RESTART_AFTER = 30.0
 """Seconds before starting a reader process again after one failed or died."""
 START_TIMEOUT = 30.0
 """Seconds a new reader process has to say it is ready."""
+GROUP_FILL = 32
+"""Messages already received that are read before the next group is written, at most.
+
+A group written as soon as the last one is on disk holds what was read meanwhile, often
+one message while more wait in the socket; reading those first makes fewer, larger
+commits (each costs the reading thread a transaction and the process a commit), and holds
+the first message back by a few reads at most.
+"""
 SWITCH_INTERVAL = 0.0001
 """Seconds the reading thread may hold the GIL while the commit thread waits for it."""
 _HEADER = struct.Struct("!I")
@@ -641,8 +649,11 @@ class _Reader:
             waiting.register(frames.sock, selectors.EVENT_READ)
             waiting.register(self._committer.wake, selectors.EVENT_READ)
             while True:
-                self._flush()
                 frame = frames.take()
+                if frame is not None and len(self._reads) < GROUP_FILL:
+                    self._handle(*frame)  # what is here already joins the next group
+                    continue
+                self._flush()
                 if frame is not None:
                     self._handle(*frame)
                     continue
@@ -659,8 +670,9 @@ class _Reader:
         """Log a group that is on disk; hand over the next one if the committer is free."""
         done = self._committer.finished()
         if done is not None and not done.failed:
-            for note in done.notes:
-                note()
+            with together():
+                for note in done.notes:
+                    note()
         if self._reads and not self._committer.busy:
             group, self._reads = self._reads[:MAX_GROUP], self._reads[MAX_GROUP:]
             staged = _stage(self._queue, group)

@@ -14,7 +14,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import (
@@ -51,7 +51,7 @@ from mail2sms.models import LIST_PREFIX, MailContent, NewMessage, RcptTarget, Sm
 from mail2sms.passwords import PasswordHash, parse_hash
 from mail2sms.queue import AsyncQueue
 from mail2sms.sender_verify import Resolver, SenderVerifier
-from mail2sms.sms_text import check_length, measure, normalize, truncate
+from mail2sms.sms_text import check_length, normalize, truncate
 from mail2sms.smtp_guard import (
     LogThrottle,
     check_no_nul,
@@ -678,23 +678,23 @@ def resolve_recipients(
 
 
 def choose_text(
-    targets: Sequence[RcptTarget], content: MailContent, source: TextSource = "body"
+    targets: Sequence[RcptTarget], subject: str, body: str, source: TextSource = "body"
 ) -> str:
     """The body is the text; a ``<number>@domain`` mail with an empty body sends its subject.
 
     A gateway or alias address may take its text from the subject, or subject and body.
     """
-    subject, body = content.subject.strip(), content.body.strip()
-    if source == "subject" and subject:
-        return subject
-    if source == "subject+body" and (subject or body):
-        return "\n".join(part for part in (subject, body) if part)
+    stripped_subject, stripped_body = subject.strip(), body.strip()
+    if source == "subject" and stripped_subject:
+        return stripped_subject
+    if source == "subject+body" and (stripped_subject or stripped_body):
+        return "\n".join(part for part in (stripped_subject, stripped_body) if part)
     if source != "body":
         raise EmptyTextError(f"The message has no text to send: write the SMS in the {source}")
-    if content.body.strip():
-        return content.body
-    if all(t.direct for t in targets) and content.subject.strip():
-        return content.subject.strip()
+    if stripped_body:
+        return body
+    if all(t.direct for t in targets) and stripped_subject:
+        return stripped_subject
     where = "body" if not all(t.direct for t in targets) else "body or subject"
     raise EmptyTextError(f"The message has no text to send: write the SMS in the {where}")
 
@@ -713,6 +713,19 @@ def build_message(
     ``client`` says who submitted it (peer address, HELO, AUTH user), for the checks that
     depend on the submitter rather than on the message.
     """
+    return _build_message(raw, envelope_from, targets, policy, received_at, client=client)[0]
+
+
+def _build_message(
+    raw: bytes,
+    envelope_from: str,
+    targets: Sequence[RcptTarget],
+    policy: Policy,
+    received_at: float,
+    *,
+    client: Client | None = None,
+) -> tuple[NewMessage, SmsLength]:
+    """``build_message``, and the text's length it measured on the way."""
     client = client or Client()
     size = len(raw)
     check_no_nul(raw)
@@ -737,15 +750,16 @@ def build_message(
         (policy.options[t.address] for t in targets if t.address in policy.options), None
     )
     subject = content.subject  # as written, for the queue and a bounce
+    chosen_subject, body = subject, content.body
     if policy.normalize:  # before choosing, so a body of invisible characters counts as empty
-        content = replace(content, body=normalize(content.body), subject=normalize(content.subject))
-    text = choose_text(targets, content, options.text if options else "body")
+        chosen_subject, body = normalize(subject), normalize(body)
+    text = choose_text(targets, chosen_subject, body, options.text if options else "body")
     max_parts = (options.max_parts if options else None) or policy.max_parts
     if policy.on_too_long == "truncate":
         text = truncate(text, max_parts)
     if not text.strip():
         raise EmptyTextError("The message has no text to send: write the SMS in the body")
-    check_length(text, max_parts)
+    length = check_length(text, max_parts)
     return NewMessage(
         envelope_from=envelope_from,
         from_header=", ".join(content.from_addresses),
@@ -758,7 +772,7 @@ def build_message(
         size=size,
         headers=header_block(raw),
         sms_type="otp" if options is not None and options.otp else "plain",
-    )
+    ), length
 
 
 def read_submission(submission: Submission, policy: Policy) -> Built | Outcome:
@@ -768,7 +782,7 @@ def read_submission(submission: Submission, policy: Policy) -> Built | Outcome:
     in its own loop.
     """
     try:
-        message = build_message(
+        message, length = _build_message(
             submission.raw,
             submission.mail_from,
             [policy.rcpt(a) for a in submission.rcpt_tos],
@@ -784,7 +798,7 @@ def read_submission(submission: Submission, policy: Policy) -> Built | Outcome:
     window = policy.duplicate_window
     return Built(
         message=message,
-        length=measure(message.text),
+        length=length,
         since=message.received_at - window if window > 0 else None,
         quota=policy.limits.quota(submission.sender),
     )

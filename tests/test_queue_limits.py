@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
+from unittest import mock
 
 import pytest
 from test_queue import T0, A, B, C, msg
@@ -171,3 +172,75 @@ def test_two_connections_at_once_never_pass_more_than_the_limit(path: Path) -> N
     for thread in threads:
         thread.join()
     assert (len(accepted), len(refused)) == (10, 10)
+
+
+def test_a_group_counts_in_order_and_refuses_without_redoing_the_group(queue: Queue) -> None:
+    """A rate refusal inside a group is that message's result; the others are written once."""
+    items = [
+        (replace(msg(*numbers, at=T0 + i), message_id=f"<g{i}@example.com>"), None, ALICE)
+        for i, numbers in enumerate([(A, B), (C,), (A,), (B,)])
+    ]
+    with mock.patch.object(Queue, "_stage_apart", wraps=queue._stage_apart) as apart:
+        results = queue.enqueue_group(items)
+    assert apart.call_count == 0  # a refusal is no failure: no savepoint per message needed
+    assert [type(r).__name__ for r in results] == [
+        "tuple", "tuple", "RateLimitedError", "RateLimitedError"
+    ]  # fmt: skip
+    assert len(queue.entries()) == 2
+    conn = sqlite3.connect(queue.path)
+    try:  # the refused ones counted nothing: 2 + 1 for alice
+        used = conn.execute("SELECT SUM(count) FROM usage WHERE scope = 'sender'").fetchone()
+    finally:
+        conn.close()
+    assert used == (3,)
+
+
+def test_a_group_with_a_failing_message_is_written_again_apart(queue: Queue) -> None:
+    """A database error inside a group rolls it back and writes each message on its own."""
+    broken = replace(msg(A, text="broken"), recipients=(A, None))  # type: ignore[arg-type]
+    items = [
+        (replace(msg(B, text="one"), message_id="<one@example.com>"), None, ALICE),
+        (broken, None, ALICE),
+        (replace(msg(C, text="two"), message_id="<two@example.com>"), None, ALICE),
+    ]
+    with mock.patch.object(Queue, "_stage_apart", wraps=queue._stage_apart) as apart:
+        one, failed, two = queue.enqueue_group(items)
+    assert apart.call_count == 1
+    assert isinstance(one, tuple)
+    assert isinstance(two, tuple)
+    assert "NOT NULL" in str(failed)
+    assert {e.text for e in queue.entries()} == {"one", "two"}
+    conn = sqlite3.connect(queue.path)
+    try:  # counted once each, the failed one not at all
+        used = conn.execute("SELECT SUM(count) FROM usage WHERE scope = 'sender'").fetchone()
+    finally:
+        conn.close()
+    assert used == (2,)
+
+
+def test_a_group_tallies_each_bucket_once_across_minutes(queue: Queue) -> None:
+    """Counts of one group are checked against each other and stored one row per bucket."""
+    quota = Quota(sender_key="alice@example.com", per_recipient_per_hour=2)
+    items = [
+        (replace(msg(A, at=T0 + 50 * i), message_id=f"<m{i}@example.com>"), None, quota)
+        for i in range(3)
+    ]  # T0, T0 + 50 s, T0 + 100 s: two or three minutes
+    first, second, third = queue.enqueue_group(items)
+    assert isinstance(first, tuple)
+    assert isinstance(second, tuple)
+    assert isinstance(third, RateLimitedError)
+    assert "has been sent 2 SMS" in str(third)
+    conn = sqlite3.connect(queue.path)
+    try:
+        rows = conn.execute(
+            "SELECT scope, minute, count FROM usage ORDER BY scope, minute"
+        ).fetchall()
+    finally:
+        conn.close()
+    minutes = sorted({int((T0 + 50 * i) // 60) for i in range(2)})
+    by_scope: dict[str, int] = {}
+    for scope, minute, count in rows:
+        assert minute in minutes
+        by_scope[scope] = by_scope.get(scope, 0) + count
+    assert by_scope == {"all": 2, "recipient": 2, "sender": 2}
+    assert len(rows) == 3 * len(minutes)  # one row per bucket, however many messages
