@@ -615,7 +615,7 @@ def _serve(sock: socket.socket) -> None:
         with sending:
             sock.sendall(data)
 
-    with Queue(first[2].queue.path, any_thread=True) as queue:
+    with Queue(first[2].queue.path, any_thread=True, short_lock_waits=True) as queue:
         committer = _Committer(send)
         try:
             send(_frame(("ready", 0, None)))

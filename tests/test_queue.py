@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -896,3 +897,33 @@ def test_enqueue_group_commits_once_for_many(queue: Queue) -> None:
     assert queue.commits - before == 1
     assert all(isinstance(r, tuple) and r[1] is False for r in results)
     assert len(queue.entries()) == 10
+
+
+def test_a_group_waits_in_short_steps_for_another_writer(path: Path) -> None:
+    """With short_lock_waits a group keeps trying for the lock, and gets it once it is free."""
+    with Queue(path) as other, Queue(path, short_lock_waits=True, any_thread=True) as q:
+        other._conn.execute("BEGIN IMMEDIATE")  # another process's delivery, say
+        results: list[object] = []
+        stager = threading.Thread(
+            target=lambda: results.extend(q.enqueue_group([(msg(A), None, None)]))
+        )
+        stager.start()
+        deadline = time.monotonic() + 10
+        while q.lock_waits < 3 and time.monotonic() < deadline:  # it is waiting, in steps
+            time.sleep(0.001)
+        assert q.lock_waits >= 3
+        assert not results
+        other._conn.execute("COMMIT")
+        stager.join(10)
+        assert [type(r) for r in results] == [tuple]
+        assert len(q.entries()) == 1
+
+
+def test_a_group_gives_up_on_a_lock_held_past_the_busy_timeout(path: Path) -> None:
+    with Queue(path) as other, Queue(path, short_lock_waits=True, busy_timeout=0.05) as q:
+        other._conn.execute("BEGIN IMMEDIATE")
+        with pytest.raises(QueueUnavailableError, match="locked"):
+            q.enqueue_group([(msg(A), None, None)])
+        assert q.lock_waits > 1
+        other._conn.execute("ROLLBACK")
+        assert isinstance(q.enqueue_group([(msg(A), None, None)])[0], tuple)  # usable again
