@@ -231,11 +231,17 @@ class Delivery(QueueLoop):
         return True
 
     async def _renew(self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]]) -> None:
-        """Extend the leases before a request, and say which numbers may get it twice."""
-        until = self.clock() + self.lease
-        await self.queue.renew_leases(
-            [(job.queue_id, job.recipients) for job, _ in parts], until=until
-        )
+        """Extend the leases before a request, and say which numbers may get it twice.
+
+        Leases taken moments ago (a first request) have half their time or more left,
+        twice a request's timeout at least: renewing them would be a write transaction
+        (and a wait for the queue's lock) for nothing.
+        """
+        now = self.clock()
+        if any(job.lease_until < now + self.lease / 2 for job, _ in parts):
+            await self.queue.renew_leases(
+                [(job.queue_id, job.recipients) for job, _ in parts], until=now + self.lease
+            )
         for job, numbers in parts:
             maybe_sent = [n for n in numbers if n in job.possible_duplicates]
             if maybe_sent:

@@ -115,6 +115,8 @@ class ClaimedJob:
     attempts: int
     possible_duplicates: tuple[str, ...] = ()
     sms_type: str = "plain"
+    lease_until: float = 0.0
+    """When the lease taken with this job runs out (0: unknown, renew it before sending)."""
 
 
 @dataclass(frozen=True, slots=True)

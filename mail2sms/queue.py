@@ -496,6 +496,7 @@ def _lease_job(conn: sqlite3.Connection, queue_id: str, *, now: float, lease: fl
         attempts=max(int(row["attempts"]) for row in due) + 1,
         possible_duplicates=tuple(str(row["number"]) for row in due if row["maybe_sent"]),
         sms_type=str(message["sms_type"]),
+        lease_until=now + lease,
     )
 
 

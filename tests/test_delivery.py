@@ -405,3 +405,29 @@ async def test_numbers_held_by_the_operators_account_are_never_given_up(queue, r
         ("+61498765432",),
     ]
     assert entry.bounce_state is None
+
+
+async def test_a_fresh_lease_is_not_renewed_but_an_old_one_is(queue, run_delivery):
+    """The first request after a claim needs no renewal; one that comes much later does."""
+    renewals: list[float] = []
+    original = queue.renew_leases
+
+    async def counted(leases, *, until):
+        renewals.append(until)
+        await original(leases, until=until)
+
+    queue.renew_leases = counted
+    base, offset = time.time() + 5, [0.0]  # after the message arrives: it is due
+
+    def later(batch):  # the first request takes 200 s of the 300 s lease
+        offset[0] = 200.0
+        return [RecipientResult(n, Outcome.SENT, provider_ref="r") for n in batch.recipients]
+
+    provider = ScriptedProvider([later, Outcome.SENT])
+    delivery = run_delivery(provider)
+    delivery.clock = lambda: base + offset[0]
+    queue_id = await queue.enqueue(message("+61400000001", "+61400000002", "+61400000003"))
+    delivery.wake()
+    await wait_state(queue, queue_id, lambda s: all(v == RecipientState.SENT for v in s.values()))
+    assert len(provider.batches) == 2  # two numbers a request
+    assert renewals == [base + 200.0 + delivery.lease]  # only before the second request
