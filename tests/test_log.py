@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import time
+from datetime import datetime
 
 import pytest
 import structlog
@@ -61,3 +64,46 @@ def test_a_new_level_applies_to_loggers_made_before_it():
         "first",
         "second",
     ]
+
+
+class _CountingStream(io.StringIO):
+    """Remembers what had been flushed (a pipe to journald shows only that)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.seen = ""
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.seen = self.getvalue()
+
+
+def test_lines_logged_together_are_flushed_once_at_the_end():
+    out = _CountingStream()
+    log.configure(json_lines=True, stream=out)
+    logger = log.get_logger("test")
+    logger.info("alone")
+    assert out.flushes == 1
+    with log.together():
+        logger.info("first")
+        with log.together():  # nested: the outer one flushes
+            logger.info("second")
+        logger.info("third")
+        assert out.flushes == 1
+        assert "first" not in out.seen
+    assert out.flushes == 2
+    assert [json.loads(line)["event"] for line in out.seen.splitlines()] == [
+        "alone", "first", "second", "third"
+    ]  # fmt: skip
+    logger.info("after")  # each line flushed again
+    assert out.flushes == 3
+
+
+def test_timestamps_are_utc_to_the_microsecond():
+    out = io.StringIO()
+    log.configure(json_lines=True, stream=out)
+    log.get_logger("test").info("when")
+    stamp = json.loads(out.getvalue())["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    assert abs(datetime.fromisoformat(stamp).timestamp() - time.time()) < 60
