@@ -474,6 +474,10 @@ class _Tally:
         )
 
 
+Written = tuple[str, bool] | Exception
+"""What became of one message of a group: (queue id, duplicate) or why it was not written."""
+
+
 def _check_recipients(message: NewMessage) -> None:
     if not message.recipients:
         raise ValueError("a queued message needs at least one recipient")
@@ -809,20 +813,15 @@ class Queue:
         The usual case, without a savepoint per message (two statements each). The
         refusals are not failures: both come before a message writes anything.
         """
-        results: list[tuple[str, bool] | Exception] = []
-        tally = _Tally()
-        for message, since, quota in items:
+
+        def write(message: NewMessage, since: float | None, quota: Quota | None) -> Written:
             try:
-                _check_recipients(message)
-            except ValueError as exc:
-                results.append(exc)
-                continue
-            try:
-                results.append(self._enqueue_in(conn, message, since, quota, tally))
+                return self._enqueue_in(conn, message, since, quota, tally)
             except RateLimitedError as exc:
-                results.append(exc)
-        tally.write(conn)
-        return results
+                return exc
+
+        tally = _Tally()
+        return self._stage_each(conn, items, tally, write)
 
     def _stage_apart(
         self,
@@ -830,24 +829,40 @@ class Queue:
         items: Sequence[tuple[NewMessage, float | None, Quota | None]],
     ) -> list[tuple[str, bool] | Exception]:
         """Write each message in a savepoint of its own: a failure takes only its message."""
-        results: list[tuple[str, bool] | Exception] = []
+
+        def write(message: NewMessage, since: float | None, quota: Quota | None) -> Written:
+            conn.execute("SAVEPOINT enqueue")
+            try:
+                with self._guard():
+                    return self._enqueue_in(conn, message, since, quota, tally)
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise  # SQLite gave up the whole transaction: none of it is stored
+                conn.execute("ROLLBACK TO enqueue")
+                return exc
+            finally:
+                if conn.in_transaction:
+                    conn.execute("RELEASE enqueue")
+
         tally = _Tally()
+        return self._stage_each(conn, items, tally, write)
+
+    @staticmethod
+    def _stage_each(
+        conn: sqlite3.Connection,
+        items: Sequence[tuple[NewMessage, float | None, Quota | None]],
+        tally: _Tally,
+        write: Callable[[NewMessage, float | None, Quota | None], Written],
+    ) -> list[Written]:
+        """``write`` each message that has recipients, then the group's usage counts."""
+        results: list[Written] = []
         for message, since, quota in items:
             try:
                 _check_recipients(message)
             except ValueError as exc:
                 results.append(exc)
                 continue
-            conn.execute("SAVEPOINT enqueue")
-            try:
-                with self._guard():
-                    results.append(self._enqueue_in(conn, message, since, quota, tally))
-            except Exception as exc:
-                if not conn.in_transaction:
-                    raise  # SQLite gave up the whole transaction: none of it is stored
-                conn.execute("ROLLBACK TO enqueue")
-                results.append(exc)
-            conn.execute("RELEASE enqueue")
+            results.append(write(message, since, quota))
         tally.write(conn)
         return results
 
