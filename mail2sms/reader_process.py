@@ -73,6 +73,8 @@ one message while more wait in the socket; reading those first makes fewer, larg
 commits (each costs the reading thread a transaction and the process a commit), and holds
 the first message back by a few reads at most.
 """
+STUCK_MARGIN = 5.0
+"""Seconds beyond the read time limit and the queue's lock wait before a silent process is stuck."""
 SWITCH_INTERVAL = 0.0001
 """Seconds the reading thread may hold the GIL while the commit thread waits for it."""
 _HEADER = struct.Struct("!I")
@@ -122,6 +124,9 @@ class ReaderProcess:
         self._pending: dict[int, asyncio.Future[Outcome]] = {}
         self._ids = itertools.count(1)
         self._replies: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._silence = STUCK_MARGIN + DEFAULT_BUSY_TIMEOUT
+        """Seconds without a word, while work waits, after which the process is stuck."""
         self.ready = False
         self.closing = False
         self.answered = 0
@@ -173,40 +178,43 @@ class ReaderProcess:
             raise ReaderGoneError("the reader process did not start (see its log lines above)")
         self.ready = True
         self._replies = asyncio.create_task(self._read_replies(stream), name="reader-replies")
+        self._watchdog = asyncio.create_task(self._watch(), name="reader-watchdog")
         log.info("reader_process_started", pid=self.pid)
 
     async def read(self, submission: Submission, policy: Policy) -> Outcome:
         """The outcome from the process; ReaderGoneError if it could not be sent there.
 
         A process that has said nothing for as long as reading one message and one commit
-        may take, while work waits, is stuck: it is stopped (``reader_process_stuck``) and
-        its clients get 451. A busy one that keeps answering is waited for.
+        may take, while work waits, is stuck: ``_watch`` stops it (``reader_process_stuck``)
+        and its clients get 451. A busy one that keeps answering is waited for. (One
+        watchdog, not a timer per message: this runs on the event loop for every mail.)
         """
         writer = self._writer
         if not self.ready or self.closing or writer is None:
             raise ReaderGoneError("the reader process is not running")
         number = next(self._ids)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        if not self._pending:  # silence counts from the first work waiting, not the last answer
+            self._heard = time.monotonic()
         self._pending[number] = future
-        silence = policy.parse_timeout + DEFAULT_BUSY_TIMEOUT + 5
+        self._silence = policy.parse_timeout + DEFAULT_BUSY_TIMEOUT + STUCK_MARGIN
         try:
             writer.write(_frame(("read", number, submission)))
             await writer.drain()
-            while True:
-                try:
-                    async with asyncio.timeout(silence):
-                        return await asyncio.shield(future)
-                except TimeoutError:
-                    if time.monotonic() - self._heard < silence:
-                        continue  # busy, not stuck: it answered others meanwhile
-                    # no traceback: where it was waiting is not the news
-                    log.error("reader_process_stuck", pid=self.pid, peer=submission.peer)  # noqa: TRY400
-                    await self._end(kill=True)
-                    return Outcome(TEMPORARY_ERROR)
+            return await future
         except ConnectionError:
             return Outcome(TEMPORARY_ERROR)
         finally:
             self._pending.pop(number, None)
+
+    async def _watch(self) -> None:
+        """Stop a process that has answered nothing for ``_silence`` seconds while work waits."""
+        while not self.closing:
+            await asyncio.sleep(self._silence / 4)
+            if self._pending and time.monotonic() - self._heard >= self._silence:
+                log.error("reader_process_stuck", pid=self.pid, waiting=len(self._pending))
+                await self._end(kill=True)
+                return
 
     def reload(self, settings: Settings) -> None:
         """Send new settings: submissions sent from now on are read under them."""
@@ -251,6 +259,8 @@ class ReaderProcess:
         self.closing = True
         if kill and self._replies is not None and self._replies is not asyncio.current_task():
             self._replies.cancel()
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
         for future in self._pending.values():
             if not future.done():
                 future.set_result(Outcome(TEMPORARY_ERROR))

@@ -6,6 +6,7 @@ A real SMTP client talks to the daemon, which hands each message to a real reade
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import pickle
@@ -96,6 +97,27 @@ async def test_when_the_process_dies_mail_is_read_in_threads(make_settings, star
         assert (await transaction(app.smtp_port, ALLOWED, [GATEWAY], mail))[-1][0] == 250
     assert spill(app).process is None  # not restarted at once: it may die again
     assert process.answered == 0
+
+
+async def test_a_stuck_process_is_stopped_and_its_clients_get_451(make_settings, monkeypatch):
+    """One watchdog, not a timer per message: silence while mail waits stops the process."""
+    monkeypatch.setattr(reader_process, "DEFAULT_BUSY_TIMEOUT", 0.0)
+    monkeypatch.setattr(reader_process, "STUCK_MARGIN", 0.3)
+    settings = make_settings()
+    process = reader_process.ReaderProcess(settings)
+    await process.start()
+    try:
+        policy = dataclasses.replace(Policy.from_settings(settings), parse_timeout=0.2)
+        assert (await process.read(submission_from(1), policy)).reply.startswith("250")
+        await asyncio.sleep(0.6)  # longer than the silence, with nothing waiting: not stuck
+        assert not process.gone.is_set()
+        os.kill(process.pid, signal.SIGSTOP)  # it still runs, and answers nothing
+        outcome = await process.read(submission_from(2), policy)
+        assert outcome.reply.startswith("451")
+        await poll(process.gone.is_set)
+        assert not alive(process.pid)
+    finally:
+        await process.close(5)
 
 
 async def test_auto_starts_it_when_busy_and_stops_it_when_idle(make_settings, start_app):
