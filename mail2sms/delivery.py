@@ -31,6 +31,7 @@ from mail2sms.rate_limit import TokenBucket
 
 log = get_logger(__name__)
 
+RECORD_GRACE = 10.0  # seconds drain waits, past its grace, for answers being recorded
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due (sees CLI retries)
 MIN_LEASE = 300.0
 # RFC 3463 codes a bounce reports: the provider refused this number; retries ran out.
@@ -87,6 +88,8 @@ class Delivery(QueueLoop):
         self.rng = rng
         self.lease = max(MIN_LEASE, request_timeout * 4)
         self._active: set[asyncio.Task[None]] = set()
+        self._recording: set[asyncio.Future[None]] = set()
+        """Providers' answers being recorded: ``drain`` lets them finish."""
         self.limiter: TokenBucket | None = None
         self.use_provider(provider)
 
@@ -132,6 +135,8 @@ class Delivery(QueueLoop):
 
         The dispatcher's pass in progress ends first, so a claim it is making is sent (and
         recorded) too. A cancelled send leaves its rows leased; the next start resends them.
+        An answer the provider already gave is recorded to the end (``RECORD_GRACE``): its
+        SMS were sent, and the log and metrics must say so.
         """
         deadline = time.monotonic() + grace
         self.stop()
@@ -144,6 +149,8 @@ class Delivery(QueueLoop):
             if pending:
                 await asyncio.wait(pending)
                 log.warning("delivery_cancelled_at_shutdown", messages=len(pending))
+        if self._recording:  # answers already given: a few queue writes, not a send
+            await asyncio.wait(set(self._recording), timeout=RECORD_GRACE)
 
     async def _deliver(self, job: ClaimedJob) -> None:
         """Send the job batch by batch, renewing the lease before each.
@@ -197,6 +204,19 @@ class Delivery(QueueLoop):
         if self.metrics is not None:
             self.metrics.latency.labels(provider=self.provider.name).observe(duration)
         by_number = {r.recipient: r for r in results}
+        # The provider has answered: what it said is recorded (and logged, and counted) to
+        # the end even if this worker is cancelled meanwhile (``drain`` waits for it).
+        recording = asyncio.ensure_future(self._record_results(parts, by_number, duration))
+        self._recording.add(recording)
+        recording.add_done_callback(self._recording.discard)
+        await asyncio.shield(recording)
+
+    async def _record_results(
+        self,
+        parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]],
+        by_number: Mapping[str, RecipientResult],
+        duration: float,
+    ) -> None:
         recorded = await self._record_sent(parts, by_number)
         with together():  # a line per message of a combined request, written at once
             for job, numbers in parts:

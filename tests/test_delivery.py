@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 from conftest import poll
+from structlog.testing import capture_logs
 
 from mail2sms.config import DeliveryConfig
 from mail2sms.delivery import Delivery, backoff, chunks
@@ -431,3 +432,37 @@ async def test_a_fresh_lease_is_not_renewed_but_an_old_one_is(queue, run_deliver
     await wait_state(queue, queue_id, lambda s: all(v == RecipientState.SENT for v in s.values()))
     assert len(provider.batches) == 2  # two numbers a request
     assert renewals == [base + 200.0 + delivery.lease]  # only before the second request
+
+
+async def test_an_answer_being_recorded_when_drain_cancels_is_recorded_and_logged(queue):
+    """The provider has sent it: a worker cancelled at shutdown still records and logs it."""
+    entered, gate = asyncio.Event(), asyncio.Event()
+    original = queue.mark_sent_many
+
+    async def slow(sent, *, now):
+        entered.set()
+        await gate.wait()
+        await original(sent, now=now)
+
+    queue.mark_sent_many = slow
+    delivery = Delivery(
+        queue=queue,
+        provider=ScriptedProvider([]),
+        config=DeliveryConfig(workers=4),
+        request_timeout=5,
+    )
+    running = asyncio.create_task(delivery.run())
+    queue_id = await queue.enqueue(message("+61400000001"))
+    with capture_logs() as events:
+        delivery.wake()
+        await asyncio.wait_for(entered.wait(), 10)
+        draining = asyncio.create_task(delivery.drain(0.05))
+        await poll(lambda: not delivery._active)  # the worker itself is cancelled
+        assert not draining.done()  # drain waits for what was being recorded
+        gate.set()
+        await asyncio.wait_for(draining, 10)
+    await asyncio.gather(running, return_exceptions=True)
+    assert states(await queue.get(queue_id)) == {"+61400000001": RecipientState.SENT}
+    names = [e["event"] for e in events]
+    assert "delivery_cancelled_at_shutdown" in names
+    assert "sms_sent" in names
