@@ -21,7 +21,7 @@ from mail2sms.errors import (
     QueueError,
     TransientProviderError,
 )
-from mail2sms.log import get_logger, together
+from mail2sms.log import get_logger
 from mail2sms.loop import QueueLoop
 from mail2sms.metrics import Metrics
 from mail2sms.models import ClaimedJob, Outcome, RecipientResult, SmsBatch, is_contact_list
@@ -218,14 +218,13 @@ class Delivery(QueueLoop):
         duration: float,
     ) -> None:
         recorded = await self._record_sent(parts, by_number)
-        with together():  # a line per message of a combined request, written at once
-            for job, numbers in parts:
-                try:
-                    await self._record(job, numbers, by_number, duration, sent_recorded=recorded)
-                except QueueError as exc:  # the others' results must still be recorded
-                    log.error(  # noqa: TRY400  expected; the lease brings this one back
-                        "queue_error", loop="delivery", queue_id=job.queue_id, error=str(exc)
-                    )
+        for job, numbers in parts:
+            try:
+                await self._record(job, numbers, by_number, duration, sent_recorded=recorded)
+            except QueueError as exc:  # the others' results must still be recorded
+                log.error(  # noqa: TRY400  expected; the lease brings this one back
+                    "queue_error", loop="delivery", queue_id=job.queue_id, error=str(exc)
+                )
 
     async def _record_sent(
         self,

@@ -97,6 +97,8 @@ def together() -> Iterator[None]:
 
     For lines logged in a burst (a group commit's ``message_accepted``): one write call
     instead of one per line, and a reader of the log sees them a moment later at most.
+    Never across an ``await``: every task of an event loop shares its thread, and their
+    lines would wait too.
     """
     if getattr(_held, "on", False):  # nested: the outer one flushes
         yield

@@ -913,8 +913,9 @@ _BANNERS = (
 # What every one of _BANNERS contains (same flags): one search instead of four for a line
 # that is no banner, as nearly every first line is.
 _BANNER_HINT = re.compile(r"outside|external sender", re.IGNORECASE)
-# The same, and the words of _FIRST_CONTACT_TIP: a text without them has no banner or tip.
-_TOP_HINT = _words("outside", "external sender", "often get")
+# Their words (a banner may wrap between "external" and "sender"; _banner_end joins the
+# lines), and those of _FIRST_CONTACT_TIP: a text without any has no banner or tip.
+_TOP_HINT = _words("outside", "external", "often get")
 # Words that a wrapped banner's continuation line is made of ("links or open attachments
 # unless you recognize the sender and know the content is safe.").
 _BANNER_CONTINUATION = re.compile(

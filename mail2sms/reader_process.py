@@ -70,9 +70,11 @@ GROUP_FILL = 32
 
 A group written as soon as the last one is on disk holds what was read meanwhile, often
 one message while more wait in the socket; reading those first makes fewer, larger
-commits (each costs the reading thread a transaction and the process a commit), and holds
-the first message back by a few reads at most.
+commits (each costs the reading thread a transaction and the process a commit).
 """
+GROUP_FILL_TIME = 0.002
+"""Seconds after its first read began that a group stops taking more: a slow mail must not
+hold back the answers of those read before it."""
 STUCK_MARGIN = 5.0
 """Seconds beyond the read time limit and the queue's lock wait before a silent process is stuck."""
 SWITCH_INTERVAL = 0.0001
@@ -651,6 +653,7 @@ class _Reader:
         self._policy = policy
         self._send = send
         self._reads: list[Read] = []
+        self._fill_until = 0.0
 
     def run(self) -> None:
         """Until the daemon closed its end and everything it sent is answered."""
@@ -660,7 +663,7 @@ class _Reader:
             waiting.register(self._committer.wake, selectors.EVENT_READ)
             while True:
                 frame = frames.take()
-                if frame is not None and len(self._reads) < GROUP_FILL:
+                if frame is not None and self._filling():
                     self._handle(*frame)  # what is here already joins the next group
                     continue
                 self._flush()
@@ -675,6 +678,12 @@ class _Reader:
                         frames.fill()
                         if not frames.open:
                             waiting.unregister(frames.sock)
+
+    def _filling(self) -> bool:
+        """Whether a message already received may be read before the next group is written."""
+        return len(self._reads) < GROUP_FILL and (
+            not self._reads or time.monotonic() < self._fill_until
+        )
 
     def _flush(self) -> None:
         """Log a group that is on disk; hand over the next one if the committer is free."""
@@ -695,10 +704,13 @@ class _Reader:
         if kind == "settings" and isinstance(payload, Settings):
             self._policy = _apply(payload)
         elif kind == "read" and isinstance(payload, Submission):
+            started = time.monotonic()
             built = _read_within(payload, self._policy)
             if isinstance(built, Outcome):
                 self._send(_answers([(number, built)]))
             else:
+                if not self._reads:  # the group's clock starts with its first read
+                    self._fill_until = started + GROUP_FILL_TIME
                 self._reads.append((number, payload, built))
 
 

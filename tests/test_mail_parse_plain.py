@@ -185,3 +185,13 @@ def plain_ish_mail(draw: st.DrawFn) -> bytes:
 @example(b"Content-Type: text/plain; charset=utf-8\r\n\r\ncaf\xc3\xa9")
 def test_generated_mail_reads_the_same_either_way(raw: bytes) -> None:
     assert_same(raw)
+
+
+def test_a_banner_wrapped_between_its_words_is_still_removed():
+    """The quick test for banners must not miss one a mailer wrapped mid-phrase."""
+    raw = (
+        b"From: a@example.com\r\n\r\n"
+        b"Warning: external\r\nsender. Do not click links.\r\nDoor 3 open\r\n"
+    )
+    assert parse_mail(raw).body == "Door 3 open"
+    assert_same(raw)

@@ -273,6 +273,48 @@ def test_the_reader_answers_every_message_of_a_burst(make_settings, monkeypatch,
         assert queue.counts()["pending"] == 40
 
 
+def test_a_slow_read_does_not_hold_back_the_group_before_it(make_settings, monkeypatch):
+    """Messages already received join the next group only for GROUP_FILL_TIME."""
+    settings = make_settings()
+    read_within = reader_process._read_within
+    stage = reader_process._stage
+    groups: list[list[int]] = []
+
+    def slow(submission, policy):
+        time.sleep(0.02)  # each read takes ten times the fill time
+        return read_within(submission, policy)
+
+    def staged(queue, reads):
+        groups.append([n for n, _, _ in reads])
+        return stage(queue, reads)
+
+    monkeypatch.setattr(reader_process, "_read_within", slow)
+    monkeypatch.setattr(reader_process, "_stage", staged)
+    daemon_end, reader_end = socket.socketpair()
+    frames = [reader_process._frame(("settings", 0, settings))]
+    for number in range(1, 5):
+        submission = dataclasses.replace(
+            submission_from(number), raw=make_mail(body=f"Alarm {number}")
+        )
+        frames.append(reader_process._frame(("read", number, submission)))
+    daemon_end.sendall(b"".join(frames))  # all four are there before the first is read
+    daemon_end.shutdown(socket.SHUT_WR)
+    previous = signal.getsignal(signal.SIGALRM)
+    try:
+        with reader_end:
+            reader_process._serve(reader_end)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        sys.setswitchinterval(0.005)
+    received = b""
+    while chunk := daemon_end.recv(1 << 16):
+        received += chunk
+    daemon_end.close()
+    assert groups[0] == [1]  # written after its own read, not after all four
+    assert sorted(n for group in groups for n in group) == [1, 2, 3, 4]
+    assert sorted(dict(answers_in(received))) == [1, 2, 3, 4]
+
+
 def test_what_crosses_to_the_process_arrives_unchanged():
     """Submissions, their clients and outcomes pickle field for field (their own __reduce__)."""
     client = Client(ip="192.0.2.7", helo="pbx.example", user="pbx", trusted_network=True)
