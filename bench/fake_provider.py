@@ -39,6 +39,7 @@ def main() -> None:
                     "requests": len(posts),
                     "sent": len(sent),
                     "distinct": len(pairs),
+                    "sizes": [len(r.body["recipient"].split(",")) for r in posts],
                     "requests_with": sum(  # requests carrying a number that starts so
                         1
                         for r in posts

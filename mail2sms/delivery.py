@@ -1,7 +1,9 @@
 """Delivery workers: claim due work from the queue, send it, record what the provider said.
 
 One dispatcher claims at most as many messages as there are free workers, so no more than
-``delivery.workers`` provider requests run at once. Every outcome is written back to the
+``delivery.workers`` provider requests run at once. With a provider's published rate limit
+it claims one message per token of it, and gathers the mail with the same text that came
+due meanwhile into that request before it claims the next. Every outcome is written back to the
 queue before the next claim; a worker that dies leaves its rows leased, and the lease (or
 the next start's recovery) hands them out again: at-least-once.
 """
@@ -105,17 +107,33 @@ class Delivery(QueueLoop):
         await super().run()
 
     async def _pass(self) -> None:
-        """Claim what is due for the free workers, start them, then wait for more work."""
+        """Claim what is due for the free workers, start them, then wait for more work.
+
+        Under a rate limit, one message at a time, each started once its request's token
+        is there. Workers that each held a claimed message while waiting for a token
+        would each spend one on it alone, while the first to get one took along all the
+        mail that had come meanwhile: a burst to many people then cost a request per worker
+        for every full one. Each message's companions (``_alike``) are gathered before the
+        next claim, which would otherwise take one of them as a message of its own.
+        """
         free = self.config.workers - len(self._active)
+        limiter = self.limiter
+        wanted = 1 if limiter is not None else free
         claimed: list[ClaimedJob] = []
         if free > 0:
-            claimed = await self.queue.claim(now=self.clock(), lease=self.lease, limit=free)
+            claimed = await self.queue.claim(now=self.clock(), lease=self.lease, limit=wanted)
+            if claimed and limiter is not None:
+                await limiter.acquire()  # the first request's token: the worker sends at once
             # started even when stop() came meanwhile: stop() waits for this pass, then them
             for job in claimed:
-                task = asyncio.create_task(self._deliver(job), name=f"deliver-{job.queue_id}")
+                alike = await self._alike(job)
+                task = asyncio.create_task(
+                    self._deliver(job, alike, prepaid=limiter is not None),
+                    name=f"deliver-{job.queue_id}",
+                )
                 self._active.add(task)
                 task.add_done_callback(self._finished)
-        if claimed and len(claimed) == free:
+        if claimed and len(claimed) == wanted:
             return  # there may be more due work; claim again once a worker frees up
         timeout = IDLE_POLL
         if free > len(claimed):
@@ -152,37 +170,60 @@ class Delivery(QueueLoop):
         if self._recording:  # answers already given: a few queue writes, not a send
             await asyncio.wait(set(self._recording), timeout=RECORD_GRACE)
 
-    async def _deliver(self, job: ClaimedJob) -> None:
+    async def _alike(self, job: ClaimedJob) -> list[ClaimedJob] | None:
+        """Other due messages to send in ``job``'s request, or None where it is not combined.
+
+        A job that leaves room in its request takes other due messages with the same text
+        along (see ``Queue.claim_alike``): one request, one token of the provider's rate
+        limit. If the queue cannot say which, the job goes alone.
+        """
+        numbers = tuple(r for r in job.recipients if not is_contact_list(r))
+        room = self.provider.max_recipients - len(numbers)
+        if not (numbers and room > 0 and self.provider.combines_messages):
+            return None
+        try:
+            return await self.queue.claim_alike(
+                replace(job, recipients=numbers), room=room, now=self.clock(), lease=self.lease
+            )
+        except QueueError as exc:
+            log.error(  # noqa: TRY400  expected; the job is sent on its own
+                "queue_error", loop="delivery", queue_id=job.queue_id, error=str(exc)
+            )
+            return []
+
+    async def _deliver(
+        self, job: ClaimedJob, alike: Sequence[ClaimedJob] | None = None, *, prepaid: bool = False
+    ) -> None:
         """Send the job batch by batch, renewing the lease before each.
 
         A long job (many batches, rate limiting, slow answers) is then never claimed
-        again by another worker while this one still works on it. A job that leaves room
-        in its request takes other due messages with the same text along (see
-        ``Queue.claim_alike``): one request, one token of the provider's rate limit.
+        again by another worker while this one still works on it. ``alike``: the messages
+        that share its request (``_alike``), None to send it in requests of its own.
+        ``prepaid``: the dispatcher has taken the first request's token.
         """
         lists = [r for r in job.recipients if is_contact_list(r)]
-        numbers = [r for r in job.recipients if not is_contact_list(r)]
-        room = self.provider.max_recipients - len(numbers)
-        if numbers and room > 0 and self.provider.combines_messages:
-            alike = await self.queue.claim_alike(
-                replace(job, recipients=tuple(numbers)),
-                room=room,
-                now=self.clock(),
-                lease=self.lease,
-            )
-            await self._send_batch([(job, tuple(numbers)), *((o, o.recipients) for o in alike)])
+        numbers = tuple(r for r in job.recipients if not is_contact_list(r))
+        requests: list[list[tuple[ClaimedJob, tuple[str, ...]]]] = []
+        if alike is not None:
+            requests.append([(job, numbers), *((o, o.recipients) for o in alike)])
         else:
-            for batch in chunks(numbers, self.provider.max_recipients):
-                await self._send_batch([(job, batch)])
+            requests += [[(job, batch)] for batch in chunks(numbers, self.provider.max_recipients)]
         for contact_list in lists:  # a contact list is always a request of its own
             if not self.provider.supports_contact_lists:
                 reason = f"{self.provider.name} cannot send to contact lists (DataFlows can)"
                 await self._fail(job, (contact_list,), reason, "5.3.3")
                 continue
-            await self._send_batch([(job, (contact_list,))])
+            requests.append([(job, (contact_list,))])
+        for i, parts in enumerate(requests):
+            await self._send_batch(parts, prepaid=prepaid and i == 0)
 
-    async def _send_batch(self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]]) -> None:
-        """Send one request for the numbers of one or more jobs with the same text."""
+    async def _send_batch(
+        self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]], *, prepaid: bool = False
+    ) -> None:
+        """Send one request for the numbers of one or more jobs with the same text.
+
+        ``prepaid``: its token of the provider's rate limit is already taken.
+        """
         await self._renew(parts)
         first = parts[0][0]
         batch = SmsBatch(
@@ -192,7 +233,7 @@ class Delivery(QueueLoop):
             sender_id=first.sender_id,
             sms_type=first.sms_type,
         )
-        if self.limiter is not None:
+        if self.limiter is not None and not prepaid:
             await self.limiter.acquire()  # stay under the provider's published rate limit
         started = self.clock()
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import poll
 
 from mail2sms.config import DeliveryConfig
 from mail2sms.delivery import Delivery
@@ -70,7 +71,7 @@ async def deliver_once(queue: AsyncQueue, provider: object) -> None:
         request_timeout=5,
     )
     (job,) = await queue.claim(now=time.time(), lease=300, limit=1)
-    await delivery._deliver(job)
+    await delivery._deliver(job, await delivery._alike(job))
 
 
 async def test_a_refused_combined_request_is_resent_message_by_message(tmp_path: Path):
@@ -175,5 +176,70 @@ async def test_a_combined_request_is_recorded_in_a_few_transactions(tmp_path: Pa
         for queue_id in ids:
             assert set((await states(queue, queue_id)).values()) == {RecipientState.SENT}
         assert queue._queue.commits - before <= 4  # claim, claim alike, lease, sent
+    finally:
+        await queue.close()
+
+
+class GatedBucket:
+    """A rate limit whose tokens come when the test says: ``open`` lets them all through."""
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self.open = asyncio.Event()
+        self.taken = 0
+
+    async def acquire(self) -> float:
+        self.waiting.set()
+        await self.open.wait()
+        self.taken += 1
+        return 0.0
+
+
+async def test_mail_that_comes_while_waiting_for_the_rate_limit_joins_the_request(
+    tmp_path: Path,
+):
+    """A burst faster than the provider's limit: each token carries all that is due by then.
+
+    Gathering the same-text messages before the token is there would send the first one
+    alone, and workers each holding a message while waiting would spend a token apiece.
+    """
+    queue = await AsyncQueue.open(tmp_path / "queue.sqlite3")
+    requests: list[list[str]] = []
+    try:
+        first = await queue.enqueue(message("a@example.com", "+61411111110"))
+        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
+            provider = DataFlowsProvider(
+                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
+            )
+            delivery = Delivery(
+                queue=queue, provider=provider, config=DeliveryConfig(workers=4), request_timeout=5
+            )
+            assert delivery.limiter is not None  # DataFlows publishes 10 requests a second
+            bucket = GatedBucket()
+            delivery.limiter = bucket  # type: ignore[assignment]
+            running = asyncio.create_task(delivery.run())
+            try:
+                await asyncio.wait_for(bucket.waiting.wait(), 5)
+                later = [
+                    await queue.enqueue(message(f"m{i}@example.com", f"+6141111111{i}"))
+                    for i in range(1, 4)
+                ]
+                delivery.wake()  # as the SMTP side does for new mail
+                bucket.open.set()
+                ids = [first, *later]
+
+                async def all_sent() -> bool:
+                    for queue_id in ids:
+                        if set((await states(queue, queue_id)).values()) != {RecipientState.SENT}:
+                            return False
+                    return True
+
+                await poll(all_sent)
+            finally:
+                await delivery.drain(1)
+                await running
+        assert len(requests) == 1
+        assert sorted(requests[0]) == [f"6141111111{i}" for i in range(4)]
+        assert bucket.taken == 1
     finally:
         await queue.close()
