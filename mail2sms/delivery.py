@@ -1,11 +1,11 @@
 """Delivery workers: claim due work from the queue, send it, record what the provider said.
 
 One dispatcher claims at most as many messages as there are free workers, so no more than
-``delivery.workers`` provider requests run at once. With a provider's published rate limit
-it claims one message per token of it, and gathers the mail with the same text that came
-due meanwhile into that request before it claims the next. Every outcome is written back to the
-queue before the next claim; a worker that dies leaves its rows leased, and the lease (or
-the next start's recovery) hands them out again: at-least-once.
+``delivery.workers`` provider requests run at once; under a provider's published rate limit,
+one message per token taken, with the same-text mail that came due meanwhile in its request.
+Every outcome is written back to the queue before the next claim; a worker that dies
+leaves its rows leased, and the lease (or the next start's recovery) hands them out
+again: at-least-once.
 """
 
 from __future__ import annotations
@@ -109,27 +109,34 @@ class Delivery(QueueLoop):
     async def _pass(self) -> None:
         """Claim what is due for the free workers, start them, then wait for more work.
 
-        Under a rate limit, one message at a time, each started once its request's token
-        is there. Workers that each held a claimed message while waiting for a token
-        would each spend one on it alone, while the first to get one took along all the
-        mail that had come meanwhile: a burst to many people then cost a request per worker
-        for every full one. Each message's companions (``_alike``) are gathered before the
-        next claim, which would otherwise take one of them as a message of its own.
+        Under a rate limit, one message at a time, claimed once its request's token is
+        there (nothing is leased while waiting for it; an unused token is given back).
+        Workers that each held a claimed message while waiting for a token would each
+        spend one on it alone, while the first to get one took along all the mail that had
+        come meanwhile: a burst to many people then cost a request per worker for every
+        full one. Each message's companions (``_alike``) are gathered before the next
+        claim, which would otherwise take one of them as a message of its own.
         """
         free = self.config.workers - len(self._active)
         limiter = self.limiter
         wanted = 1 if limiter is not None else free
         claimed: list[ClaimedJob] = []
         if free > 0:
-            claimed = await self.queue.claim(now=self.clock(), lease=self.lease, limit=wanted)
-            if claimed and limiter is not None:
+            if limiter is not None:
                 await limiter.acquire()  # the first request's token: the worker sends at once
+                if self.stopping:
+                    limiter.refund()
+                    return
+            try:
+                claimed = await self.queue.claim(now=self.clock(), lease=self.lease, limit=wanted)
+            finally:
+                if limiter is not None and not claimed:
+                    limiter.refund()  # nothing due (or the claim failed): no request made
             # started even when stop() came meanwhile: stop() waits for this pass, then them
             for job in claimed:
                 alike = await self._alike(job)
                 task = asyncio.create_task(
-                    self._deliver(job, alike, prepaid=limiter is not None),
-                    name=f"deliver-{job.queue_id}",
+                    self._deliver(job, alike, paid=limiter), name=f"deliver-{job.queue_id}"
                 )
                 self._active.add(task)
                 task.add_done_callback(self._finished)
@@ -192,14 +199,20 @@ class Delivery(QueueLoop):
             return []
 
     async def _deliver(
-        self, job: ClaimedJob, alike: Sequence[ClaimedJob] | None = None, *, prepaid: bool = False
+        self,
+        job: ClaimedJob,
+        alike: Sequence[ClaimedJob] | None = None,
+        *,
+        paid: TokenBucket | None = None,
     ) -> None:
         """Send the job batch by batch, renewing the lease before each.
 
         A long job (many batches, rate limiting, slow answers) is then never claimed
         again by another worker while this one still works on it. ``alike``: the messages
         that share its request (``_alike``), None to send it in requests of its own.
-        ``prepaid``: the dispatcher has taken the first request's token.
+        ``paid``: the rate limit from which the dispatcher took the first request's token.
+        Contact lists the provider cannot send to are failed after the sends, so that a
+        queue error recording that does not hold the numbers back.
         """
         lists = [r for r in job.recipients if is_contact_list(r)]
         numbers = tuple(r for r in job.recipients if not is_contact_list(r))
@@ -208,21 +221,27 @@ class Delivery(QueueLoop):
             requests.append([(job, numbers), *((o, o.recipients) for o in alike)])
         else:
             requests += [[(job, batch)] for batch in chunks(numbers, self.provider.max_recipients)]
-        for contact_list in lists:  # a contact list is always a request of its own
-            if not self.provider.supports_contact_lists:
-                reason = f"{self.provider.name} cannot send to contact lists (DataFlows can)"
-                await self._fail(job, (contact_list,), reason, "5.3.3")
-                continue
-            requests.append([(job, (contact_list,))])
+        if self.provider.supports_contact_lists:  # a contact list is a request of its own
+            requests += [[(job, (contact_list,))] for contact_list in lists]
+        if paid is not None and not requests:
+            paid.refund()  # only contact lists, which this provider cannot send to
         for i, parts in enumerate(requests):
-            await self._send_batch(parts, prepaid=prepaid and i == 0)
+            await self._send_batch(parts, paid=paid if i == 0 else None)
+        if lists and not self.provider.supports_contact_lists:
+            reason = f"{self.provider.name} cannot send to contact lists (DataFlows can)"
+            for contact_list in lists:
+                await self._fail(job, (contact_list,), reason, "5.3.3")
 
     async def _send_batch(
-        self, parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]], *, prepaid: bool = False
+        self,
+        parts: Sequence[tuple[ClaimedJob, tuple[str, ...]]],
+        *,
+        paid: TokenBucket | None = None,
     ) -> None:
         """Send one request for the numbers of one or more jobs with the same text.
 
-        ``prepaid``: its token of the provider's rate limit is already taken.
+        ``paid``: the rate limit its token was already taken from (a reload that changed
+        the provider since then means a token of the new one is needed).
         """
         await self._renew(parts)
         first = parts[0][0]
@@ -233,7 +252,7 @@ class Delivery(QueueLoop):
             sender_id=first.sender_id,
             sms_type=first.sms_type,
         )
-        if self.limiter is not None and not prepaid:
+        if self.limiter is not None and self.limiter is not paid:
             await self.limiter.acquire()  # stay under the provider's published rate limit
         started = self.clock()
         try:

@@ -59,6 +59,10 @@ class TokenBucket:
         rate = requests_per_second * HEADROOM
         return cls(rate, capacity=max(1.0, rate), clock=clock, sleep=sleep)
 
+    def refund(self) -> None:
+        """Give back a token that was taken for a request not made after all."""
+        self._tokens = min(self.capacity, self._tokens + 1.0)
+
     async def acquire(self) -> float:
         """Take one token, waiting for it if need be; returns the seconds waited."""
         waited = 0.0

@@ -347,6 +347,9 @@ async def test_each_provider_request_takes_a_token_from_the_rate_limiter(queue, 
             CountingBucket.taken += 1
             return 0.0
 
+        def refund(self) -> None:  # a pass that found nothing due gives its token back
+            CountingBucket.taken -= 1
+
     provider = RateLimitedProvider([Outcome.SENT] * 3)
     ids = [await queue.enqueue(message(f"+6141234567{i}", "+61498765432")) for i in range(3)]
     delivery = run_delivery(provider)
@@ -384,6 +387,21 @@ async def test_a_provider_without_contact_lists_fails_the_list_for_good(queue, r
     failed = next(r for r in entry.recipients if r.number.startswith("list:"))
     assert failed.dsn_status == "5.3.3"
     assert "cannot send to contact lists" in (failed.last_error or "")
+    assert [b.recipients for b in provider.batches] == [("+61412345678",)]
+
+
+async def test_a_queue_error_failing_an_unsupported_list_does_not_hold_the_numbers_back(
+    queue, run_delivery, monkeypatch
+):
+    provider = ScriptedProvider([Outcome.SENT])
+    queue_id = await queue.enqueue(message("+61412345678", "list:6065ac2f1a2b3"))
+
+    async def locked(*args: object, **kwargs: object) -> None:
+        raise QueueUnavailableError("database is locked")
+
+    monkeypatch.setattr(queue, "mark_failed", locked)
+    run_delivery(provider)
+    await wait_state(queue, queue_id, lambda s: s["+61412345678"] is RecipientState.SENT)
     assert [b.recipients for b in provider.batches] == [("+61412345678",)]
 
 

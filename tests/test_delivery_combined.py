@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import poll
+from structlog.testing import capture_logs
 
 from mail2sms.config import DeliveryConfig
 from mail2sms.delivery import Delivery
@@ -194,6 +195,9 @@ class GatedBucket:
         self.taken += 1
         return 0.0
 
+    def refund(self) -> None:
+        self.taken -= 1
+
 
 async def test_mail_that_comes_while_waiting_for_the_rate_limit_joins_the_request(
     tmp_path: Path,
@@ -241,5 +245,65 @@ async def test_mail_that_comes_while_waiting_for_the_rate_limit_joins_the_reques
         assert len(requests) == 1
         assert sorted(requests[0]) == [f"6141111111{i}" for i in range(4)]
         assert bucket.taken == 1
+    finally:
+        await queue.close()
+
+
+async def test_shutdown_while_waiting_for_the_rate_limit_leaves_nothing_leased(tmp_path: Path):
+    """The token comes before the claim: a drain meanwhile sends nothing after it returned.
+
+    A message claimed and then held through the wait would be sent by a worker nobody
+    waits for, with the queue closing under it, and sent again at the next start.
+    """
+    queue = await AsyncQueue.open(tmp_path / "queue.sqlite3")
+    requests: list[list[str]] = []
+    try:
+        queue_id = await queue.enqueue(message("a@example.com", "+61411111110"))
+        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
+            provider = DataFlowsProvider(
+                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
+            )
+            delivery = Delivery(
+                queue=queue, provider=provider, config=DeliveryConfig(workers=4), request_timeout=5
+            )
+            bucket = GatedBucket()
+            delivery.limiter = bucket  # type: ignore[assignment]
+            running = asyncio.create_task(delivery.run())
+            await asyncio.wait_for(bucket.waiting.wait(), 5)
+            await delivery.drain(0.05)  # the token has not come within the grace
+            assert await states(queue, queue_id) == {"+61411111110": RecipientState.PENDING}
+            bucket.open.set()  # it comes after all: the pass ends without claiming
+            await asyncio.wait_for(running, 5)
+        assert requests == []
+        assert bucket.taken == 0  # given back
+        assert await states(queue, queue_id) == {"+61411111110": RecipientState.PENDING}
+    finally:
+        await queue.close()
+
+
+async def test_a_queue_error_gathering_companions_sends_the_message_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    queue = await AsyncQueue.open(tmp_path / "queue.sqlite3")
+    requests: list[list[str]] = []
+    try:
+        ids = [
+            await queue.enqueue(message(f"m{i}@example.com", f"+6141111111{i}")) for i in range(2)
+        ]
+
+        async def locked(*args: object, **kwargs: object) -> list[object]:
+            raise QueueUnavailableError("database is locked")
+
+        monkeypatch.setattr(queue, "claim_alike", locked)
+        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
+            provider = DataFlowsProvider(
+                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
+            )
+            with capture_logs() as logs:
+                await deliver_once(queue, provider)
+        assert requests == [["61411111110"]]
+        assert await states(queue, ids[0]) == {"+61411111110": RecipientState.SENT}
+        assert await states(queue, ids[1]) == {"+61411111111": RecipientState.PENDING}
+        assert any(e["event"] == "queue_error" and e["queue_id"] == ids[0] for e in logs)
     finally:
         await queue.close()

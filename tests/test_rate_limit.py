@@ -63,6 +63,18 @@ async def test_idle_time_refills_only_up_to_capacity():
     assert [await bucket.acquire() for _ in range(3)] == [0, 0, pytest.approx(0.5)]
 
 
+async def test_a_refunded_token_can_be_taken_again_but_never_beyond_capacity():
+    time = VirtualTime()
+    bucket = TokenBucket(2, capacity=2, clock=time.clock, sleep=time.sleep)
+    assert [await bucket.acquire() for _ in range(2)] == [0, 0]
+    bucket.refund()  # taken for a request that was not made
+    assert await bucket.acquire() == 0
+    assert await bucket.acquire() == pytest.approx(0.5)
+    bucket.refund()
+    bucket.refund()  # more than was taken since: still at most a full bucket
+    assert [await bucket.acquire() for _ in range(3)] == [0, 0, pytest.approx(0.5)]
+
+
 def test_rate_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         TokenBucket(0)
