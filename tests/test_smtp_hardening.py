@@ -232,6 +232,51 @@ async def test_the_command_budget_closes_a_noop_loop_and_an_accepted_mail_refill
     assert (await send_normal_mail(app.smtp_port)).startswith("250 ")
 
 
+@pytest.mark.parametrize("command", ["NOOP", "RSET", "VRFY someone", "HELP", "EXPN staff"])
+async def test_each_command_that_sends_no_mail_spends_the_budget(make_settings, start_app, command):
+    app = await start_app(make_settings(smtp={"max_commands": 4}))
+    client = await Raw.connect(app.smtp_port)
+    assert (await client.reply()).startswith("220 ")
+    replies = []
+    for _ in range(5):  # within the budget of 4 (EXPN's 502 spends a second one)
+        replies.append(await client.command(command))
+        if replies[-1] == smtp_module.TOO_MANY_COMMANDS:
+            break
+    assert replies[-1] == smtp_module.TOO_MANY_COMMANDS
+    client.close()
+
+
+async def test_aiosmtpd_finds_every_command_hook_and_auth_mechanism(make_settings, monkeypatch):
+    """``dir()`` of the protocol and handler names only what aiosmtpd looks for, per class.
+
+    The tables aiosmtpd builds from it must be those it builds from every attribute.
+    """
+    settings = make_settings()
+    handler = smtp_module.GatewayHandler(smtp_module.Policy.from_settings(settings), None)  # type: ignore[arg-type]
+
+    def protocol() -> smtp_module.GatewaySMTP:
+        return smtp_module.GatewaySMTP(
+            handler, hostname="h", authenticator=smtp_module._pass_credentials
+        )
+
+    def tables(proto: smtp_module.GatewaySMTP) -> tuple[object, ...]:
+        return (
+            {name: getattr(m, "__name__", None) for name, m in proto._smtp_methods.items()},
+            {name: m.is_builtin for name, m in proto._auth_methods.items()},
+            {name: m.__name__ for name, m in proto._handle_hooks.items()},
+            proto._ehlo_hook_ver,
+        )
+
+    narrow = tables(protocol())
+    monkeypatch.setattr(smtp_module, "looked_up_names", lambda cls: tuple(dir(cls)))
+    everything = tables(protocol())
+    assert narrow == everything
+    commands, mechanisms, hooks, _ehlo = narrow
+    assert {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "AUTH", "NOOP", "EXPN"} <= set(commands)  # type: ignore[arg-type]
+    assert {"PLAIN", "LOGIN"} <= set(mechanisms)  # type: ignore[arg-type]
+    assert {"MAIL", "RCPT", "DATA", "EHLO"} <= set(hooks)  # type: ignore[arg-type]
+
+
 async def test_an_idle_client_is_told_421_before_the_connection_closes(make_settings, start_app):
     app = await start_app(make_settings(smtp={"timeout": 0.3}))
     client = await Raw.connect(app.smtp_port)
