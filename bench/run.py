@@ -228,11 +228,24 @@ def load_python(port: int, **options: object) -> dict[str, float]:
     return json.loads(out.stdout)
 
 
-def load(port: int, args: argparse.Namespace, tool: list[str] | None) -> dict[str, float]:
-    """Flat-out load: smtp-source if there is one (its wall time), else loadgen.py."""
+def load(
+    port: int, args: argparse.Namespace, tool: list[str] | None, *, reuse: bool = True
+) -> dict[str, float]:
+    """Flat-out load: smtp-source if there is one (its wall time), else loadgen.py.
+
+    ``reuse``: several messages per connection; else a connection for each.
+    """
     if tool is None:
-        return load_python(port, sessions=args.sessions, messages=args.messages, size=args.size)
-    argv = [*tool, "-d", "-s", str(args.sessions), "-m", str(args.messages), "-l", str(args.size)]
+        return load_python(
+            port,
+            sessions=args.sessions,
+            messages=args.messages,
+            size=args.size,
+            connection_per_message=not reuse,
+        )
+    reusing = ["-d"] if reuse else []
+    argv = [*tool, *reusing, "-s", str(args.sessions), "-m", str(args.messages)]
+    argv += ["-l", str(args.size)]
     argv += ["-f", SENDER, "-t", f"61412345678@{DOMAIN}", f"127.0.0.1:{port}"]
     started = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True)
@@ -367,6 +380,21 @@ def bench(args: argparse.Namespace) -> list[Row]:
                 f" with the 200 ms provider {slow_runs[-1]['rate']:,.0f} msg/s",
                 file=sys.stderr,
             )
+        # One connection per message, the way Postfix, swaks and smtplib send: each
+        # connection costs the server more than the message does.
+        bare_each, each = [], []
+        for _ in range(args.repeat):
+            bare_each.append(load(int(bare.value), args, tool, reuse=False))
+            each.append(load(app.port, args, tool, reuse=False))
+        rows.append(
+            Row(
+                "one connection per message, mail2sms / bare aiosmtpd (reference)",
+                f"{fmt(best(each)['rate'])} / {fmt(best(bare_each)['rate'])}"
+                f" = {best(each)['rate'] / best(bare_each)['rate']:.2f} x"
+                f" (rounds: {ratios(each, bare_each)})",
+                None,
+            )
+        )
         bare.close()
         slow_requests = json.loads(slow.ask("report"))["requests"]
         slow_app.stop()
