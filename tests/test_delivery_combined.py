@@ -7,8 +7,10 @@ SQLite file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -60,6 +62,13 @@ def dataflows_answer(requests: list[list[str]]) -> httpx.MockTransport:
     return httpx.MockTransport(handle)
 
 
+@contextlib.asynccontextmanager
+async def dataflows(requests: list[list[str]]) -> AsyncIterator[DataFlowsProvider]:
+    """DataFlows answering as ``dataflows_answer`` does, each request's numbers recorded."""
+    async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
+        yield DataFlowsProvider(client=client, token="T", base_url="http://127.0.0.1:9", timeout=5)
+
+
 async def states(queue: AsyncQueue, queue_id: str) -> dict[str, RecipientState]:
     return {r.number: r.state for r in (await queue.get(queue_id)).recipients}
 
@@ -84,10 +93,7 @@ async def test_a_refused_combined_request_is_resent_message_by_message(tmp_path:
             await queue.enqueue(message("b@example.com", BAD)),
             await queue.enqueue(message("c@example.com", "+61433333333", "+61444444444")),
         ]
-        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
-            provider = DataFlowsProvider(
-                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
-            )
+        async with dataflows(requests) as provider:
             await deliver_once(queue, provider)
         assert len(requests[0]) == 4  # combined first
         assert len(requests) == 4  # then each message alone
@@ -121,10 +127,7 @@ async def test_a_queue_error_recording_one_message_still_records_the_others(
         # the request's one transaction fails; then each message is recorded alone
         monkeypatch.setattr(queue, "mark_sent_many", locked)
         monkeypatch.setattr(queue, "mark_sent", locked_for_the_first)
-        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
-            provider = DataFlowsProvider(
-                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
-            )
+        async with dataflows(requests) as provider:
             await deliver_once(queue, provider)
         assert len(requests) == 1
         assert set((await states(queue, ids[0])).values()) == {RecipientState.INFLIGHT}
@@ -168,10 +171,7 @@ async def test_a_combined_request_is_recorded_in_a_few_transactions(tmp_path: Pa
             await queue.enqueue(message(f"m{i}@example.com", f"+6141111111{i}")) for i in range(8)
         ]
         before = queue._queue.commits
-        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
-            provider = DataFlowsProvider(
-                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
-            )
+        async with dataflows(requests) as provider:
             await deliver_once(queue, provider)
         assert len(requests) == 1
         for queue_id in ids:
@@ -211,10 +211,7 @@ async def test_mail_that_comes_while_waiting_for_the_rate_limit_joins_the_reques
     requests: list[list[str]] = []
     try:
         first = await queue.enqueue(message("a@example.com", "+61411111110"))
-        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
-            provider = DataFlowsProvider(
-                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
-            )
+        async with dataflows(requests) as provider:
             delivery = Delivery(
                 queue=queue, provider=provider, config=DeliveryConfig(workers=4), request_timeout=5
             )
@@ -259,10 +256,7 @@ async def test_shutdown_while_waiting_for_the_rate_limit_leaves_nothing_leased(t
     requests: list[list[str]] = []
     try:
         queue_id = await queue.enqueue(message("a@example.com", "+61411111110"))
-        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
-            provider = DataFlowsProvider(
-                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
-            )
+        async with dataflows(requests) as provider:
             delivery = Delivery(
                 queue=queue, provider=provider, config=DeliveryConfig(workers=4), request_timeout=5
             )
@@ -295,10 +289,7 @@ async def test_a_queue_error_gathering_companions_sends_the_message_alone(
             raise QueueUnavailableError("database is locked")
 
         monkeypatch.setattr(queue, "claim_alike", locked)
-        async with httpx.AsyncClient(transport=dataflows_answer(requests)) as client:
-            provider = DataFlowsProvider(
-                client=client, token="T", base_url="http://127.0.0.1:9", timeout=5
-            )
+        async with dataflows(requests) as provider:
             with capture_logs() as logs:
                 await deliver_once(queue, provider)
         assert requests == [["61411111110"]]
