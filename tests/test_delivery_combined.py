@@ -199,6 +199,21 @@ class GatedBucket:
         self.taken -= 1
 
 
+async def gated_delivery(
+    queue: AsyncQueue, provider: DataFlowsProvider
+) -> tuple[Delivery, GatedBucket, asyncio.Task[None]]:
+    """Delivery running with 4 workers and a ``GatedBucket``, once it waits for a token."""
+    delivery = Delivery(
+        queue=queue, provider=provider, config=DeliveryConfig(workers=4), request_timeout=5
+    )
+    assert delivery.limiter is not None  # DataFlows publishes 10 requests a second
+    bucket = GatedBucket()
+    delivery.limiter = bucket  # type: ignore[assignment]
+    running = asyncio.create_task(delivery.run())
+    await asyncio.wait_for(bucket.waiting.wait(), 5)
+    return delivery, bucket, running
+
+
 async def test_mail_that_comes_while_waiting_for_the_rate_limit_joins_the_request(
     tmp_path: Path,
 ):
@@ -212,15 +227,8 @@ async def test_mail_that_comes_while_waiting_for_the_rate_limit_joins_the_reques
     try:
         first = await queue.enqueue(message("a@example.com", "+61411111110"))
         async with dataflows(requests) as provider:
-            delivery = Delivery(
-                queue=queue, provider=provider, config=DeliveryConfig(workers=4), request_timeout=5
-            )
-            assert delivery.limiter is not None  # DataFlows publishes 10 requests a second
-            bucket = GatedBucket()
-            delivery.limiter = bucket  # type: ignore[assignment]
-            running = asyncio.create_task(delivery.run())
+            delivery, bucket, running = await gated_delivery(queue, provider)
             try:
-                await asyncio.wait_for(bucket.waiting.wait(), 5)
                 later = [
                     await queue.enqueue(message(f"m{i}@example.com", f"+6141111111{i}"))
                     for i in range(1, 4)
@@ -257,13 +265,7 @@ async def test_shutdown_while_waiting_for_the_rate_limit_leaves_nothing_leased(t
     try:
         queue_id = await queue.enqueue(message("a@example.com", "+61411111110"))
         async with dataflows(requests) as provider:
-            delivery = Delivery(
-                queue=queue, provider=provider, config=DeliveryConfig(workers=4), request_timeout=5
-            )
-            bucket = GatedBucket()
-            delivery.limiter = bucket  # type: ignore[assignment]
-            running = asyncio.create_task(delivery.run())
-            await asyncio.wait_for(bucket.waiting.wait(), 5)
+            delivery, bucket, running = await gated_delivery(queue, provider)
             await delivery.drain(0.05)  # the token has not come within the grace
             assert await states(queue, queue_id) == {"+61411111110": RecipientState.PENDING}
             bucket.open.set()  # it comes after all: the pass ends without claiming
